@@ -1,0 +1,35 @@
+//! Per-request state shared by the engine and the filters of one request.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Instant;
+
+/// What the engine knows about a request, visible to every filter on its route.
+///
+/// Created once per request before routing; filters read it and record what later hooks
+/// (and the access log) need. Lives exactly as long as the request.
+#[derive(Debug)]
+pub struct RequestCtx {
+    /// The request id sent upstream, in the access log and in every local answer.
+    pub request_id: String,
+    /// Client address for policy: the TCP peer, or the right-most untrusted
+    /// `x-forwarded-for` hop when the peer is a trusted proxy.
+    pub client_ip: IpAddr,
+    /// Whether the downstream connection is TLS.
+    pub tls: bool,
+    /// When the request header was received.
+    pub started: Instant,
+    /// Request body bytes seen so far (counted by the engine before body hooks run).
+    pub request_body_bytes: u64,
+}
+
+impl Default for RequestCtx {
+    fn default() -> Self {
+        Self {
+            request_id: String::new(),
+            client_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            tls: false,
+            started: Instant::now(),
+            request_body_bytes: 0,
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! meshgate's filter contract: the [`Filter`] trait every route filter implements, the
+//! per-request [`RequestCtx`] they share, the [`LocalResponse`] they answer with, and the
+//! built-in filters, one module each.
+//!
+//! Filters never touch the downstream session: a request hook returns
+//! [`Action::Respond`] and the proxy's single response writer sends the answer, runs the
+//! response hooks of the filters already entered and closes or drains the connection. That
+//! keeps error bodies, CORS headers and request ids consistent however a request ends.
+
+pub mod body_limit;
+mod ctx;
+mod error;
+mod filter;
+pub mod headers;
+pub mod units;
+
+pub use ctx::RequestCtx;
+pub use error::{ErrorKind, LocalResponse, SpecError};
+pub use filter::{Action, Filter, FilterChain, RequestView, Step};
