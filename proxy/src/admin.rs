@@ -1,0 +1,124 @@
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/config`, `/routes`.
+//!
+//! It runs as its own Pingora service so a flood of proxy traffic cannot starve it of a
+//! thread, and it answers only GET. Keep it on loopback or a private network: `/config`
+//! is redacted, but the route table still describes the internals.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use http::Response;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use serde_json::json;
+
+use crate::lifecycle;
+use crate::metrics::METRICS;
+use crate::runtime::Runtime;
+
+/// The admin application.
+pub struct AdminApp {
+    runtime: Arc<ArcSwap<Runtime>>,
+    listeners: Vec<SocketAddr>,
+    bound: AtomicBool,
+}
+
+impl AdminApp {
+    /// Serves admin endpoints for `runtime`; ready once every address in `listeners` accepts.
+    pub fn new(runtime: Arc<ArcSwap<Runtime>>, listeners: Vec<SocketAddr>) -> Self {
+        Self {
+            runtime,
+            listeners,
+            bound: AtomicBool::new(false),
+        }
+    }
+
+    /// Listeners are bound by Pingora's service threads, so the only reliable evidence that
+    /// they accept is a successful connect; once seen, it is remembered.
+    async fn listeners_bound(&self) -> bool {
+        if self.bound.load(Ordering::Relaxed) {
+            return true;
+        }
+        for addr in &self.listeners {
+            let ok = tokio::time::timeout(Duration::from_millis(250), tokio::net::TcpStream::connect(addr))
+                .await
+                .is_ok_and(|r| r.is_ok());
+            if !ok {
+                return false;
+            }
+        }
+        self.bound.store(true, Ordering::Relaxed);
+        true
+    }
+}
+
+fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .header("content-length", body.len())
+        .header("cache-control", "no-store")
+        .body(body)
+        .unwrap_or_else(|_| Response::new(Vec::new()))
+}
+
+fn json_reply(status: u16, value: &serde_json::Value) -> Response<Vec<u8>> {
+    let body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    reply(status, "application/json", body)
+}
+
+/// The `/routes` document: routes in match order with targets and filters.
+pub fn routes_json(rt: &Runtime) -> serde_json::Value {
+    let routes: Vec<_> = rt
+        .router
+        .routes()
+        .iter()
+        .zip(&rt.spec.routes)
+        .map(|(route, spec)| {
+            json!({
+                "name": &*route.name,
+                "match": &spec.matcher,
+                "rewrite": &spec.rewrite,
+                "targets": route.target.describe().into_iter()
+                    .map(|(c, p)| json!({"cluster": c, "percent": p})).collect::<Vec<_>>(),
+                "timeout": humantime::format_duration(route.timeout).to_string(),
+                "filters": route.filters.names(),
+            })
+        })
+        .collect();
+    json!({ "generation": rt.generation, "routes": routes })
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let req = session.req_header();
+        if req.method != http::Method::GET && req.method != http::Method::HEAD {
+            return reply(405, "text/plain", b"only GET\n".to_vec());
+        }
+        let path = req.uri.path().to_string();
+        match path.as_str() {
+            "/metrics" => reply(200, "text/plain; version=0.0.4", METRICS.render()),
+            "/healthz" => reply(200, "text/plain", b"ok\n".to_vec()),
+            "/readyz" => {
+                if lifecycle::is_draining() {
+                    reply(503, "text/plain", b"draining\n".to_vec())
+                } else if self.listeners_bound().await {
+                    reply(200, "text/plain", b"ready\n".to_vec())
+                } else {
+                    reply(503, "text/plain", b"listeners not bound yet\n".to_vec())
+                }
+            }
+            "/config" => {
+                let rt = self.runtime.load();
+                json_reply(200, &json!({ "generation": rt.generation, "config": crate::config::redacted(&rt.spec) }))
+            }
+            "/routes" => json_reply(200, &routes_json(&self.runtime.load())),
+            _ => reply(404, "text/plain", b"not found: try /metrics /healthz /readyz /config /routes\n".to_vec()),
+        }
+    }
+}

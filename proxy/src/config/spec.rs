@@ -1,0 +1,387 @@
+//! The YAML-facing model: what users write, parsed with `deny_unknown_fields`.
+//!
+//! These types are never used by the engine directly; [`crate::runtime`] compiles them into
+//! immutable runtime structures once per config generation. They also serialize back for
+//! the admin `/config` endpoint, which is why every field round-trips and secrets would be
+//! wrapped in a redacting type.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use meshgate_filters::headers::HeadersSpec;
+use meshgate_filters::units::{ByteSize, HumanDuration};
+use serde::{Deserialize, Serialize};
+
+/// Top-level keys accepted in a config file, in documentation order.
+pub const TOP_LEVEL_KEYS: &[&str] = &[
+    "mode",
+    "service",
+    "trusted_proxies",
+    "listeners",
+    "admin",
+    "runtime",
+    "clusters",
+    "routes",
+];
+
+/// A whole config file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConfigSpec {
+    /// `edge` or `sidecar`.
+    pub mode: Mode,
+    /// This proxy's identity: metrics label, later the mTLS identity.
+    pub service: String,
+    /// CIDRs of proxies in front of us whose `X-Forwarded-*` headers are trusted.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// Where the proxy accepts traffic.
+    pub listeners: Vec<ListenerSpec>,
+    /// The admin endpoint (metrics, health, config); off when absent.
+    #[serde(default)]
+    pub admin: Option<AdminSpec>,
+    /// Process-wide settings.
+    #[serde(default)]
+    pub runtime: RuntimeSpec,
+    /// Named groups of upstream endpoints.
+    #[serde(default)]
+    pub clusters: BTreeMap<String, ClusterSpec>,
+    /// Routes, tried in order; the first match wins.
+    #[serde(default)]
+    pub routes: Vec<RouteSpec>,
+}
+
+/// Which role this process plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Public entry point.
+    Edge,
+    /// Per-service proxy.
+    Sidecar,
+}
+
+/// `listeners[]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerSpec {
+    /// Unique name, used in logs and metrics.
+    pub name: String,
+    /// `ip:port` to bind.
+    pub address: String,
+    /// Accept prior-knowledge cleartext HTTP/2 (h2c) on a plain listener.
+    #[serde(default)]
+    pub h2c: bool,
+    /// Terminate TLS on this listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+}
+
+/// `listeners[].tls`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSpec {
+    /// PEM certificate chain served when no SNI entry matches.
+    pub cert: String,
+    /// PEM private key of `cert`.
+    pub key: String,
+    /// Extra certificates chosen by the client's SNI.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sni: Vec<SniCertSpec>,
+    /// Offer HTTP/2 by ALPN (default true).
+    #[serde(default = "yes")]
+    pub http2: bool,
+}
+
+/// `listeners[].tls.sni[]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SniCertSpec {
+    /// Exact names (`api.example.com`) or one-label wildcards (`*.example.com`).
+    pub server_names: Vec<String>,
+    /// PEM certificate chain.
+    pub cert: String,
+    /// PEM private key.
+    pub key: String,
+}
+
+/// `admin`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSpec {
+    /// `ip:port` of the admin listener. Keep it on loopback or a private network.
+    pub address: String,
+}
+
+/// `runtime`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeSpec {
+    /// Worker threads per listener.
+    #[serde(default = "one")]
+    pub threads: usize,
+    /// Let idle threads steal work (off: measured faster for proxying on few cores).
+    #[serde(default)]
+    pub work_stealing: bool,
+    /// After SIGTERM, how long in-flight requests may take to finish.
+    #[serde(default = "five_seconds")]
+    pub grace_period: HumanDuration,
+    /// Deadline for receiving a whole request header, from its first byte.
+    #[serde(default = "ten_seconds")]
+    pub header_read_timeout: HumanDuration,
+    /// Largest accepted request header block (431 above).
+    #[serde(default = "default_max_header")]
+    pub max_header_size: ByteSize,
+    /// How long an idle downstream keep-alive connection is kept open.
+    #[serde(default = "sixty_seconds")]
+    pub idle_timeout: HumanDuration,
+}
+
+impl Default for RuntimeSpec {
+    fn default() -> Self {
+        Self {
+            threads: one(),
+            work_stealing: false,
+            grace_period: five_seconds(),
+            header_read_timeout: ten_seconds(),
+            max_header_size: default_max_header(),
+            idle_timeout: sixty_seconds(),
+        }
+    }
+}
+
+/// `clusters.<name>`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSpec {
+    /// `host:port` endpoints.
+    pub endpoints: Vec<String>,
+    /// How a request picks an endpoint.
+    #[serde(default)]
+    pub load_balancing: LoadBalancingSpec,
+    /// TCP (and TLS) connect timeout.
+    #[serde(default = "one_second")]
+    pub connect_timeout: HumanDuration,
+    /// Upstream protocol.
+    #[serde(default)]
+    pub protocol: ProtocolSpec,
+    /// Active health checking; endpoints are assumed healthy without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheckSpec>,
+}
+
+/// `clusters.<name>.load_balancing`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum LoadBalancingSpec {
+    /// Each endpoint in turn.
+    #[default]
+    RoundRobin,
+    /// The endpoint with the fewest requests in flight (ties broken at random).
+    LeastRequest,
+    /// Uniformly at random.
+    Random,
+    /// The same endpoint for the same value of a request header (rendezvous hashing).
+    HashHeader(String),
+}
+
+impl fmt::Display for LoadBalancingSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::RoundRobin => f.write_str("round_robin"),
+            Self::LeastRequest => f.write_str("least_request"),
+            Self::Random => f.write_str("random"),
+            Self::HashHeader(h) => write!(f, "hash(header:{h})"),
+        }
+    }
+}
+
+impl std::str::FromStr for LoadBalancingSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "round_robin" => Ok(Self::RoundRobin),
+            "least_request" => Ok(Self::LeastRequest),
+            "random" => Ok(Self::Random),
+            _ => s
+                .strip_prefix("hash(header:")
+                .and_then(|rest| rest.strip_suffix(')'))
+                .filter(|h| !h.is_empty())
+                .map(|h| Self::HashHeader(h.to_ascii_lowercase()))
+                .ok_or_else(|| {
+                    format!(
+                        "unknown load balancing {s:?}, expected round_robin, least_request, random or hash(header:NAME)"
+                    )
+                }),
+        }
+    }
+}
+
+impl Serialize for LoadBalancingSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for LoadBalancingSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// `clusters.<name>.protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProtocolSpec {
+    /// HTTP/1.1 with keep-alive.
+    #[default]
+    Http1,
+    /// HTTP/2 (prior knowledge on cleartext), needed for gRPC.
+    H2,
+}
+
+/// `clusters.<name>.health_check`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckSpec {
+    /// Path probed with `GET` over HTTP/1.1; any 2xx is healthy.
+    #[serde(default = "healthz")]
+    pub path: String,
+    /// Time between probes of one endpoint.
+    #[serde(default = "five_seconds")]
+    pub interval: HumanDuration,
+    /// Probe timeout (connect + answer).
+    #[serde(default = "one_second")]
+    pub timeout: HumanDuration,
+    /// Consecutive failed probes before an endpoint is taken out.
+    #[serde(default = "two")]
+    pub unhealthy_after: u32,
+    /// Consecutive good probes before it is put back.
+    #[serde(default = "one_u32")]
+    pub healthy_after: u32,
+}
+
+/// `routes[]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    /// Unique name: metrics label, access log field.
+    pub name: String,
+    /// Conditions that must all hold; an empty match matches every request.
+    #[serde(default, rename = "match")]
+    pub matcher: MatchSpec,
+    /// Path rewrite before forwarding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<RewriteSpec>,
+    /// Single target cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// Weighted targets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<Vec<SplitSpec>>,
+    /// Limit on the upstream exchange; 504 when it expires.
+    #[serde(default = "thirty_seconds")]
+    pub timeout: HumanDuration,
+    /// Filters in request order (loaded one by one so each gets its own errors).
+    #[serde(default)]
+    pub filters: Vec<FilterSpec>,
+}
+
+/// `routes[].match`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchSpec {
+    /// Exact host (port ignored) or `*.example.com`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Segment-aware prefix of the normalized path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    /// Exact normalized path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Allowed methods; empty = any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// Headers that must be present with exactly these values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// `routes[].rewrite`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewriteSpec {
+    /// Remove this prefix (segment-aware) from the path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strip_prefix: Option<String>,
+    /// Replace the matched `match.path_prefix` with this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replace_prefix: Option<String>,
+}
+
+/// `routes[].split[]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitSpec {
+    /// Target cluster.
+    pub cluster: String,
+    /// Relative weight (> 0).
+    pub weight: u32,
+}
+
+/// One entry of `routes[].filters`: a map with exactly one key, the filter's name.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum FilterSpec {
+    /// Header edits.
+    Headers(HeadersSpec),
+    /// Maximum request body size.
+    BodyLimit(ByteSize),
+}
+
+impl FilterSpec {
+    /// The YAML key of this filter.
+    pub fn name(&self) -> &'static str {
+        match self {
+            FilterSpec::Headers(_) => "headers",
+            FilterSpec::BodyLimit(_) => "body_limit",
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn one() -> usize {
+    1
+}
+fn one_u32() -> u32 {
+    1
+}
+fn two() -> u32 {
+    2
+}
+fn healthz() -> String {
+    "/healthz".to_string()
+}
+fn secs(n: u64) -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(n))
+}
+fn one_second() -> HumanDuration {
+    secs(1)
+}
+fn five_seconds() -> HumanDuration {
+    secs(5)
+}
+fn ten_seconds() -> HumanDuration {
+    secs(10)
+}
+fn thirty_seconds() -> HumanDuration {
+    secs(30)
+}
+fn sixty_seconds() -> HumanDuration {
+    secs(60)
+}
+fn default_max_header() -> ByteSize {
+    ByteSize(64 * 1024)
+}

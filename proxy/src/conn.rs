@@ -1,0 +1,251 @@
+//! Downstream connections: the header-read deadline and connection accounting.
+//!
+//! Pingora times out each *read* of a request header, not the header as a whole, so a
+//! client sending one byte every few seconds could hold a connection forever (slowloris).
+//! [`HeaderDeadline`] wraps the transport and fails reads once a request header has been
+//! arriving for longer than `runtime.header_read_timeout`; the proxy tells it when a header
+//! is complete and when the next request may begin. The wrapper sits under Pingora's HTTP
+//! layer, which is the only place that sees bytes before the header is parsed.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::future::Future as _;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, Stream, UniqueID, ALPN,
+};
+use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::{SocketDigest, TimingDigest};
+use pingora::protocols::tls::TlsRef;
+use pingora::proxy::HttpProxy;
+use pingora::server::ShutdownWatch;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+use crate::metrics::METRICS;
+use crate::proxy::MeshProxy;
+use crate::runtime::Runtime;
+
+/// Waiting for the first byte of a request: no deadline (the keep-alive timeout applies).
+const IDLE: u8 = 0;
+/// Inside a request header: the deadline applies.
+const HEADER: u8 = 1;
+/// Header complete, request in progress: no deadline.
+const BODY: u8 = 2;
+/// Connection is HTTP/2: its framing has its own limits; the wrapper stays out of the way.
+const OFF: u8 = 3;
+
+/// Transport wrapper enforcing a deadline on each request header.
+#[derive(Debug)]
+pub struct HeaderDeadline {
+    inner: Stream,
+    phase: AtomicU8,
+    timeout: Duration,
+    sleep: Pin<Box<Sleep>>,
+}
+
+impl HeaderDeadline {
+    /// Wraps `inner`; each request header must arrive within `timeout` of its first byte.
+    pub fn new(inner: Stream, timeout: Duration) -> Self {
+        Self {
+            inner,
+            phase: AtomicU8::new(IDLE),
+            timeout,
+            sleep: Box::pin(tokio::time::sleep(timeout)),
+        }
+    }
+
+    fn find(stream: &Stream) -> Option<&HeaderDeadline> {
+        stream.as_any().downcast_ref::<HeaderDeadline>()
+    }
+
+    /// Called once the request header is parsed: lift the deadline.
+    pub fn header_complete(stream: &Stream) {
+        if let Some(d) = Self::find(stream) {
+            let _ = d.phase.compare_exchange(HEADER, BODY, Ordering::Relaxed, Ordering::Relaxed);
+            // A header that arrived in one read never left IDLE as seen by poll_read's
+            // check order; treat it the same.
+            let _ = d.phase.compare_exchange(IDLE, BODY, Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
+
+    /// Called when a request is finished: the next byte starts a new header deadline.
+    pub fn request_finished(stream: &Stream) {
+        if let Some(d) = Self::find(stream) {
+            let _ = d.phase.compare_exchange(BODY, IDLE, Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
+}
+
+impl AsyncRead for HeaderDeadline {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let phase = this.phase.load(Ordering::Relaxed);
+        if phase == HEADER && this.sleep.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "request header not received within header_read_timeout",
+            )));
+        }
+        let before = buf.filled().len();
+        let res = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if phase == IDLE {
+            if let Poll::Ready(Ok(())) = &res {
+                let new = &buf.filled()[before..];
+                if !new.is_empty() {
+                    if new.starts_with(b"PRI * HTTP/2") {
+                        this.phase.store(OFF, Ordering::Relaxed);
+                    } else {
+                        this.phase.store(HEADER, Ordering::Relaxed);
+                        this.sleep.as_mut().reset(Instant::now() + this.timeout);
+                        // Register the timer with this task so a stalled client still wakes us.
+                        let _ = this.sleep.as_mut().poll(cx);
+                    }
+                }
+            }
+        }
+        res
+    }
+}
+
+impl AsyncWrite for HeaderDeadline {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for HeaderDeadline {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await;
+    }
+}
+
+impl UniqueID for HeaderDeadline {
+    fn id(&self) -> i32 {
+        self.inner.id()
+    }
+}
+
+impl Ssl for HeaderDeadline {
+    fn get_ssl(&self) -> Option<&TlsRef> {
+        self.inner.get_ssl()
+    }
+    fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for HeaderDeadline {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for HeaderDeadline {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.inner.set_proxy_digest(digest);
+    }
+}
+
+impl GetSocketDigest for HeaderDeadline {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.inner.set_socket_digest(digest);
+    }
+}
+
+#[async_trait]
+impl Peek for HeaderDeadline {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
+
+/// The listener application: accounts connections, installs the header deadline, then hands
+/// the connection to Pingora's HTTP proxy.
+pub struct MeshApp {
+    proxy: Arc<HttpProxy<MeshProxy>>,
+    runtime: Arc<ArcSwap<Runtime>>,
+}
+
+impl MeshApp {
+    /// Wraps a configured Pingora HTTP proxy.
+    pub fn new(proxy: HttpProxy<MeshProxy>, runtime: Arc<ArcSwap<Runtime>>) -> Self {
+        Self {
+            proxy: Arc::new(proxy),
+            runtime,
+        }
+    }
+}
+
+struct ConnGuard;
+
+impl ConnGuard {
+    fn start() -> Self {
+        METRICS.active_connections.inc();
+        METRICS.connections_total.inc();
+        ConnGuard
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        METRICS.active_connections.dec();
+    }
+}
+
+#[async_trait]
+impl ServerApp for MeshApp {
+    async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let _guard = ConnGuard::start();
+        let stream: Stream = if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            stream
+        } else {
+            let timeout = self.runtime.load().spec.runtime.header_read_timeout.get();
+            Box::new(HeaderDeadline::new(stream, timeout))
+        };
+        self.proxy.process_new(stream, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.proxy.cleanup().await;
+    }
+}

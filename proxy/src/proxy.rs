@@ -1,0 +1,636 @@
+//! The one [`ProxyHttp`] implementation: routing, filter chains, upstream choice, forwarding
+//! headers, the single response writer for local answers, and the access log.
+//!
+//! Each Pingora phase below says why the work sits there. The order matters: routing and
+//! request filters run before any upstream is chosen (so a 401 never costs a connection),
+//! endpoint choice happens in `upstream_peer` (so a retry can pick another endpoint), and
+//! header rewriting happens in `upstream_request_filter` (once per attempt).
+
+use std::borrow::Cow;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, TRANSFER_ENCODING};
+use http::{HeaderValue, StatusCode};
+use meshgate_filters::{Action, ErrorKind, LocalResponse, RequestCtx, RequestView, Step};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::protocols::ALPN;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType};
+
+use crate::conn::HeaderDeadline;
+use crate::forwarding::{self, TraceParent};
+use crate::metrics::{status_class, METRICS};
+use crate::normalize::normalize_path;
+use crate::runtime::cluster::{Cluster, InFlight};
+use crate::runtime::router::{Route, RouteInput};
+use crate::runtime::Runtime;
+
+const X_REQUEST_ID: &str = "x-request-id";
+const TRACEPARENT: &str = "traceparent";
+/// Pingora custom error type used to carry an [`ErrorKind`] decided by the engine to
+/// `fail_to_proxy`, which is where the response writer runs for errors.
+const LOCAL: &str = "meshgate_local";
+
+/// Per-request state of the engine (the filters' [`RequestCtx`] plus what only the engine uses).
+pub struct Ctx {
+    /// Shared with filters.
+    pub req: RequestCtx,
+    rt: Option<Arc<Runtime>>,
+    route: Option<Arc<Route>>,
+    cluster: Option<Arc<Cluster>>,
+    /// Number of filters whose request hook ran (their response hooks run in reverse).
+    entered: usize,
+    /// Normalized path when it differs from the raw one.
+    normalized: Option<String>,
+    host: String,
+    endpoint: Option<usize>,
+    failed: Vec<usize>,
+    attempts: u32,
+    in_flight: Option<InFlight>,
+    /// The answer decided by a filter or the engine, sent by `fail_to_proxy`.
+    local: Option<LocalResponse>,
+    counted: bool,
+    traceparent: Option<TraceParent>,
+}
+
+impl Ctx {
+    fn new() -> Self {
+        Self {
+            req: RequestCtx::default(),
+            rt: None,
+            route: None,
+            cluster: None,
+            entered: 0,
+            normalized: None,
+            host: String::new(),
+            endpoint: None,
+            failed: Vec::new(),
+            attempts: 0,
+            in_flight: None,
+            local: None,
+            counted: false,
+            traceparent: None,
+        }
+    }
+
+    fn route_name(&self) -> &str {
+        self.route.as_deref().map_or("", |r| &r.name)
+    }
+
+    fn cluster_name(&self) -> &str {
+        self.cluster.as_deref().map_or("", |c| &c.name)
+    }
+
+    fn endpoint_name(&self) -> &str {
+        match (&self.cluster, self.endpoint) {
+            (Some(c), Some(i)) => c.endpoints.get(i).map_or("", |e| e.name.as_str()),
+            _ => "",
+        }
+    }
+}
+
+/// Facts about the listener a proxy instance serves.
+#[derive(Debug, Clone)]
+pub struct ListenerInfo {
+    /// Listener name (logs).
+    pub name: Arc<str>,
+    /// Whether the listener terminates TLS.
+    pub tls: bool,
+}
+
+/// The engine. One instance per listener; all share the runtime handle.
+pub struct MeshProxy {
+    runtime: Arc<ArcSwap<Runtime>>,
+    listener: ListenerInfo,
+}
+
+impl MeshProxy {
+    /// A proxy serving `listener` with whatever runtime is current at each request.
+    pub fn new(runtime: Arc<ArcSwap<Runtime>>, listener: ListenerInfo) -> Self {
+        Self { runtime, listener }
+    }
+
+    /// Routes and runs request filters. `Err(answer)` means answer locally.
+    async fn admit(&self, session: &mut Session, ctx: &mut Ctx) -> Result<(), LocalResponse> {
+        let rt = self.runtime.load_full();
+        ctx.rt = Some(rt.clone());
+        let req = session.req_header();
+
+        // Framing: Pingora drops Content-Length when Transfer-Encoding is present and keeps
+        // the connection open for the body; we refuse such requests outright, because
+        // front-end/back-end disagreement on framing is the root of request smuggling.
+        if req.headers.contains_key(TRANSFER_ENCODING) {
+            if let Some(h1) = session.as_downstream().as_http1() {
+                if contains_header_name(&h1.get_headers_raw_bytes(), b"content-length") {
+                    return Err(LocalResponse::error(ErrorKind::BadRequest));
+                }
+            }
+        }
+        if header_block_size(session) > rt.limits.max_header_size {
+            return Err(LocalResponse::error(ErrorKind::HeaderTooLarge));
+        }
+
+        let req = session.req_header();
+        let raw_path = req.uri.path();
+        let normalized = normalize_path(raw_path).map_err(|_| LocalResponse::error(ErrorKind::BadRequest))?;
+        if let Cow::Owned(p) = normalized {
+            ctx.normalized = Some(p);
+        }
+        ctx.host = request_host(req);
+        let path = ctx.normalized.as_deref().unwrap_or(raw_path);
+        let input = RouteInput {
+            method: &req.method,
+            host: &ctx.host,
+            path,
+            headers: &req.headers,
+        };
+        let Some(route) = rt.router.find(&input).cloned() else {
+            return Err(LocalResponse::error(ErrorKind::NoRoute));
+        };
+        ctx.route = Some(route.clone());
+
+        let peer = session.client_addr().and_then(|a| a.as_inet()).copied();
+        for (i, filter) in route.filters.filters().iter().enumerate() {
+            ctx.entered = i + 1;
+            let view = RequestView {
+                header: session.req_header(),
+                path: ctx.normalized.as_deref().unwrap_or(session.req_header().uri.path()),
+                host: &ctx.host,
+                peer,
+            };
+            let action = match filter.request_filter(view, &mut ctx.req) {
+                Step::Done(a) => a,
+                Step::Wait(fut) => fut.await,
+            };
+            if let Action::Respond(answer) = action {
+                return Err(answer);
+            }
+        }
+        ctx.cluster = Some(route.target.choose().clone());
+        Ok(())
+    }
+
+    /// The single response writer: every locally generated answer goes out through here.
+    /// Runs the response hooks of the filters already entered, adds the request id, and
+    /// closes the connection when the answer says so or an unread body remains.
+    async fn respond(&self, session: &mut Session, ctx: &mut Ctx, answer: LocalResponse) -> u16 {
+        let status = answer.status.as_u16();
+        if session.response_written().is_some() {
+            // Headers already went out: the only honest signal left is closing the stream.
+            session.set_keepalive(None);
+            return status;
+        }
+        let (content_type, body) = match answer.body {
+            Some((ct, body)) => (ct, body),
+            None => (
+                HeaderValue::from_static("application/json"),
+                LocalResponse::json_error_body(
+                    answer.error.map_or("error", ErrorKind::code),
+                    &ctx.req.request_id,
+                ),
+            ),
+        };
+        let Ok(mut resp) = ResponseHeader::build(answer.status, Some(4 + answer.headers.len())) else {
+            return 0;
+        };
+        let _ = resp.insert_header(CONTENT_TYPE, content_type);
+        let _ = resp.insert_header(CONTENT_LENGTH, body.len());
+        if let Ok(v) = HeaderValue::from_str(&ctx.req.request_id) {
+            let _ = resp.insert_header(X_REQUEST_ID, v);
+        }
+        for (k, v) in answer.headers {
+            let _ = resp.append_header(k, v);
+        }
+        run_response_hooks(ctx, &mut resp);
+        if let Some(kind) = answer.error {
+            METRICS
+                .local_responses
+                .with_label_values(&[ctx.route_name(), kind.code()])
+                .inc();
+        }
+        let unread_body = !session.is_body_done() && !session.is_body_empty();
+        if answer.close || unread_body {
+            session.set_keepalive(None);
+            let _ = resp.insert_header(http::header::CONNECTION, "close");
+        }
+        let head_only = session.req_header().method == http::Method::HEAD;
+        if session.write_response_header(Box::new(resp), head_only).await.is_err() {
+            return status;
+        }
+        if !head_only {
+            let _ = session.write_response_body(Some(body), true).await;
+        }
+        status
+    }
+}
+
+fn run_response_hooks(ctx: &mut Ctx, resp: &mut ResponseHeader) {
+    if let Some(route) = ctx.route.clone() {
+        let filters = route.filters.filters();
+        for f in filters[..ctx.entered.min(filters.len())].iter().rev() {
+            f.response_filter(resp, &mut ctx.req);
+        }
+    }
+}
+
+/// Case-insensitive search for a header *name* at the start of a line of a raw header block.
+fn contains_header_name(raw: &[u8], name: &[u8]) -> bool {
+    raw.split(|&b| b == b'\n').skip(1).any(|line| {
+        line.len() > name.len()
+            && line[..name.len()].eq_ignore_ascii_case(name)
+            && matches!(line[name.len()], b':' | b' ' | b'\t')
+    })
+}
+
+/// Size of the request header block as the client sent it (HTTP/1) or as decoded (HTTP/2).
+fn header_block_size(session: &Session) -> usize {
+    if let Some(h1) = session.as_downstream().as_http1() {
+        return h1.get_headers_raw_bytes().len();
+    }
+    let req = session.req_header();
+    req.headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + req.uri.path().len()
+}
+
+/// Host for routing: `Host` header (or the HTTP/2 authority), port removed, lower-cased.
+fn request_host(req: &RequestHeader) -> String {
+    let raw = req
+        .headers
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+        .unwrap_or("");
+    let without_port = if raw.starts_with('[') {
+        raw.split_inclusive(']').next().unwrap_or(raw)
+    } else {
+        raw.rsplit_once(':').map_or(raw, |(h, _)| h)
+    };
+    without_port.to_ascii_lowercase()
+}
+
+/// Maps a Pingora error to the answer the client sees (the one error table for upstream and
+/// framing failures; filter answers arrive already decided).
+fn classify(e: &Error) -> Option<ErrorKind> {
+    use ErrorType::*;
+    match e.etype() {
+        Custom(LOCAL) => None,
+        HTTPStatus(413) => Some(ErrorKind::PayloadTooLarge),
+        HTTPStatus(400) | InvalidHTTPHeader | H2Downgrade | InvalidH2 => match e.esource() {
+            ErrorSource::Upstream => Some(ErrorKind::BadGateway),
+            _ => Some(ErrorKind::BadRequest),
+        },
+        ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout
+            if e.esource() == &ErrorSource::Upstream =>
+        {
+            Some(ErrorKind::GatewayTimeout)
+        }
+        _ => match e.esource() {
+            ErrorSource::Upstream => Some(ErrorKind::BadGateway),
+            // The client went away or broke the protocol mid-request: nobody to answer.
+            ErrorSource::Downstream => None,
+            ErrorSource::Internal | ErrorSource::Unset => Some(ErrorKind::Internal),
+        },
+    }
+}
+
+fn local_error() -> Box<Error> {
+    Error::new(ErrorType::Custom(LOCAL))
+}
+
+#[async_trait]
+impl ProxyHttp for MeshProxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx::new()
+    }
+
+    /// Request id, client address and the header deadline hand-off happen first, so every
+    /// later answer — including a 400 for a malformed path — carries a request id.
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        METRICS.active_requests.inc();
+        ctx.counted = true;
+        if let Some(stream) = session.as_downstream().stream() {
+            HeaderDeadline::header_complete(stream);
+        }
+        let req = session.req_header();
+        ctx.req.request_id = match req.headers.get(X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
+            Some(id) if forwarding::valid_request_id(id) => id.to_string(),
+            _ => forwarding::new_request_id(),
+        };
+        ctx.traceparent = Some(
+            req.headers
+                .get(TRACEPARENT)
+                .and_then(|v| v.to_str().ok())
+                .and_then(TraceParent::parse)
+                .map_or_else(TraceParent::new_root, |t| t.child()),
+        );
+        ctx.req.tls = self.listener.tls;
+        Ok(())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let peer_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+        let rt = self.runtime.load();
+        let xff = session
+            .req_header()
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok());
+        ctx.req.client_ip = forwarding::client_ip(peer_ip, xff, &rt.trusted);
+        session.set_keepalive(Some(rt.limits.idle_timeout.as_secs().max(1)));
+        drop(rt);
+        match self.admit(session, ctx).await {
+            Ok(()) => Ok(false),
+            Err(answer) => {
+                self.respond(session, ctx, answer).await;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Endpoint choice lives here, not in a filter: health, load and the endpoints that
+    /// already failed this request decide it.
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let (Some(cluster), Some(route)) = (ctx.cluster.clone(), ctx.route.clone()) else {
+            ctx.local = Some(LocalResponse::error(ErrorKind::Internal));
+            return Err(local_error());
+        };
+        let headers = &session.req_header().headers;
+        let Some(i) = cluster.pick(&ctx.failed, |name| headers.get(name).map(|v| v.as_bytes()))
+        else {
+            ctx.local = Some(LocalResponse::error(ErrorKind::NoHealthyUpstream));
+            return Err(local_error());
+        };
+        let Some(ep) = cluster.endpoints.get(i) else {
+            ctx.local = Some(LocalResponse::error(ErrorKind::Internal));
+            return Err(local_error());
+        };
+        ctx.endpoint = Some(i);
+        ctx.attempts += 1;
+        ctx.in_flight = Some(InFlight::start(&ep.state));
+        let mut peer = HttpPeer::new(ep.addr, false, String::new());
+        peer.options.connection_timeout = Some(cluster.connect_timeout);
+        peer.options.read_timeout = Some(route.timeout);
+        peer.options.write_timeout = Some(route.timeout);
+        if cluster.protocol == crate::config::spec::ProtocolSpec::H2 {
+            peer.options.alpn = ALPN::H2;
+        }
+        Ok(Box::new(peer))
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(chunk) = body.as_ref() {
+            ctx.req.request_body_bytes += chunk.len() as u64;
+        }
+        let Some(route) = ctx.route.clone() else {
+            return Ok(());
+        };
+        for f in route.filters.filters() {
+            if let Action::Respond(answer) =
+                f.request_body_filter(body.as_ref(), end_of_stream, &mut ctx.req)
+            {
+                ctx.local = Some(answer);
+                return Err(local_error());
+            }
+        }
+        Ok(())
+    }
+
+    /// Path and forwarding headers are set per attempt on the upstream copy of the request;
+    /// the downstream header stays as received (filters and logs see what the client sent).
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let Some(route) = ctx.route.clone() else {
+            return Ok(());
+        };
+        let raw_path = session.req_header().uri.path();
+        let path = ctx.normalized.as_deref().unwrap_or(raw_path);
+        let rewritten = match &route.rewrite {
+            Some(rw) => rw.apply(path),
+            None => Cow::Borrowed(path),
+        };
+        if rewritten != raw_path {
+            let mut pq = String::with_capacity(rewritten.len() + 64);
+            pq.push_str(&rewritten);
+            if let Some(q) = session.req_header().uri.query() {
+                pq.push('?');
+                pq.push_str(q);
+            }
+            match http::Uri::builder().path_and_query(pq).build() {
+                Ok(uri) => upstream.set_uri(uri),
+                Err(_) => {
+                    ctx.local = Some(LocalResponse::error(ErrorKind::BadRequest));
+                    return Err(local_error());
+                }
+            }
+        }
+
+        if let Ok(v) = HeaderValue::from_str(&ctx.req.request_id) {
+            let _ = upstream.insert_header(X_REQUEST_ID, v);
+        }
+        if let Some(tp) = ctx.traceparent {
+            let _ = upstream.insert_header(TRACEPARENT, tp.to_header());
+        }
+        let rt = ctx.rt.clone();
+        let trusted = rt.as_deref().map(|r| &r.trusted);
+        let peer_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        if let (Some(peer_ip), Some(trusted)) = (peer_ip, trusted) {
+            let from_trusted = trusted.contains(peer_ip);
+            let existing = session
+                .req_header()
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok());
+            let xff = forwarding::forwarded_for(peer_ip, existing, trusted);
+            let _ = upstream.insert_header("x-forwarded-for", xff);
+            let client_proto = session.req_header().headers.get("x-forwarded-proto").cloned();
+            let client_host = session.req_header().headers.get("x-forwarded-host").cloned();
+            match client_proto {
+                Some(p) if from_trusted => {
+                    let _ = upstream.insert_header("x-forwarded-proto", p);
+                }
+                _ => {
+                    let proto = if self.listener.tls { "https" } else { "http" };
+                    let _ = upstream.insert_header("x-forwarded-proto", proto);
+                }
+            }
+            match client_host {
+                Some(h) if from_trusted => {
+                    let _ = upstream.insert_header("x-forwarded-host", h);
+                }
+                _ => {
+                    let host = session
+                        .req_header()
+                        .headers
+                        .get(HOST)
+                        .cloned()
+                        .or_else(|| {
+                            session
+                                .req_header()
+                                .uri
+                                .authority()
+                                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                        });
+                    match host {
+                        Some(h) => {
+                            let _ = upstream.insert_header("x-forwarded-host", h);
+                        }
+                        None => {
+                            upstream.remove_header("x-forwarded-host");
+                        }
+                    }
+                }
+            }
+        }
+        for f in route.filters.filters() {
+            f.upstream_request_filter(upstream, &mut ctx.req);
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Ok(v) = HeaderValue::from_str(&ctx.req.request_id) {
+            let _ = upstream_response.insert_header(X_REQUEST_ID, v);
+        }
+        run_response_hooks(ctx, upstream_response);
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        METRICS
+            .connect_errors
+            .with_label_values(&[ctx.cluster_name()])
+            .inc();
+        if let Some(i) = ctx.endpoint {
+            ctx.failed.push(i);
+        }
+        // Retries are a route policy (the `retry` filter); without one, fail this attempt.
+        e.set_retry(false);
+        e
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let answer = match ctx.local.take() {
+            Some(a) => Some(a),
+            None => classify(e).map(LocalResponse::error),
+        };
+        let code = match answer {
+            Some(a) => self.respond(session, ctx, a).await,
+            None => 0,
+        };
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    /// Errors are logged once, here, in the access log line; Pingora's own error line would
+    /// repeat it without the route and request id.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, _error: &Error) -> bool {
+        true
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if let Some(stream) = session.as_downstream().stream() {
+            HeaderDeadline::request_finished(stream);
+        }
+        ctx.in_flight = None;
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let elapsed = ctx.req.started.elapsed();
+        let route = ctx.route_name();
+        let cluster = ctx.cluster_name();
+        let status_label = StatusCode::from_u16(status).map_or_else(|_| "0".to_string(), |s| s.as_str().to_string());
+        METRICS
+            .requests
+            .with_label_values(&[route, cluster, status_label.as_str()])
+            .inc();
+        METRICS
+            .duration
+            .with_label_values(&[route, cluster, status_class(status)])
+            .observe(elapsed.as_secs_f64());
+        if let Some(r) = ctx.route.clone() {
+            for f in r.filters.filters()[..ctx.entered.min(r.filters.len())].iter().rev() {
+                f.logging(&ctx.req, status);
+            }
+        }
+        let req = session.req_header();
+        let error = e.map(|e| e.to_string());
+        tracing::info!(
+            target: "access",
+            request_id = %ctx.req.request_id,
+            client = %ctx.req.client_ip,
+            listener = %self.listener.name,
+            method = %req.method,
+            path = %req.uri.path(),
+            host = %ctx.host,
+            route = route,
+            cluster = cluster,
+            endpoint = ctx.endpoint_name(),
+            status = status,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            bytes_sent = session.body_bytes_sent() as u64,
+            bytes_received = ctx.req.request_body_bytes,
+            attempts = ctx.attempts,
+            error = error.as_deref(),
+        );
+        if ctx.counted {
+            METRICS.active_requests.dec();
+            ctx.counted = false;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_header_name_search_is_anchored_and_case_insensitive() {
+        let raw = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert!(contains_header_name(raw, b"content-length"));
+        let raw = b"POST / HTTP/1.1\r\nHost: a\r\nX-Content-Length: 5\r\n\r\n";
+        assert!(!contains_header_name(raw, b"content-length"));
+    }
+
+    #[test]
+    fn host_strips_port_and_lowercases() {
+        let mut req = RequestHeader::build("GET", b"/", None).expect("req");
+        req.insert_header("host", "Shop.Local:8080").expect("h");
+        assert_eq!(request_host(&req), "shop.local");
+        req.insert_header("host", "[::1]:8080").expect("h");
+        assert_eq!(request_host(&req), "[::1]");
+    }
+}

@@ -1,0 +1,124 @@
+//! `meshgate run`: turns a config file into running Pingora services — one proxy service per
+//! listener, the admin service, health checking and hot reload — and runs them until a
+//! signal ends the process.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::apps::http_app::HttpServer;
+use pingora::apps::HttpServerOptions;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
+
+use crate::admin::AdminApp;
+use crate::config::{self, ConfigError};
+use crate::conn::MeshApp;
+use crate::lifecycle::Signals;
+use crate::metrics::METRICS;
+use crate::proxy::{ListenerInfo, MeshProxy};
+use crate::reload::{ReloadService, Reloader};
+use crate::runtime::cluster::EndpointRegistry;
+use crate::runtime::{health, Runtime};
+
+/// Loads, validates and compiles a file into generation 1, with located errors.
+pub fn compile_file(path: &Path, registry: &EndpointRegistry) -> Result<Runtime, Vec<ConfigError>> {
+    let loaded = config::load_file(path)?;
+    let spec = Arc::new(loaded.spec.clone());
+    Runtime::compile(spec, 1, registry).map_err(|errs| loaded.locate(errs))
+}
+
+struct HealthService(Arc<ArcSwap<Runtime>>);
+
+#[async_trait]
+impl BackgroundService for HealthService {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        health::run(self.0.clone(), shutdown).await;
+    }
+}
+
+/// Starts serving `path` and blocks until the process is told to stop. Returns an error
+/// only for problems found before serving starts.
+pub fn run(path: &Path) -> Result<(), Vec<ConfigError>> {
+    let registry = Arc::new(EndpointRegistry::default());
+    let rt = compile_file(path, &registry)?;
+    let spec = rt.spec.clone();
+    let base = path.parent().unwrap_or(Path::new("."));
+    let runtime = Arc::new(ArcSwap::from_pointee(rt));
+    METRICS.config_generation.set(1);
+
+    let conf = ServerConf {
+        threads: spec.runtime.threads,
+        work_stealing: spec.runtime.work_stealing,
+        grace_period_seconds: Some(spec.runtime.grace_period.get().as_secs().max(1)),
+        graceful_shutdown_timeout_seconds: Some(1),
+        // Pingora's `max_retries` bounds attempts; whether an attempt is retried is decided
+        // per error in `fail_to_connect` / `error_while_proxy` (see docs/phases.md).
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let conf = server.configuration.clone();
+
+    let mut addrs: Vec<SocketAddr> = Vec::new();
+    for l in &spec.listeners {
+        let tls = l.tls.is_some();
+        let mut proxy = pingora::proxy::http_proxy(
+            &conf,
+            MeshProxy::new(
+                runtime.clone(),
+                ListenerInfo {
+                    name: l.name.as_str().into(),
+                    tls,
+                },
+            ),
+        );
+        if l.h2c {
+            let mut opts = HttpServerOptions::default();
+            opts.h2c = true;
+            proxy.server_options = Some(opts);
+        }
+        let mut svc = Service::new(format!("listener {}", l.name), MeshApp::new(proxy, runtime.clone()));
+        match &l.tls {
+            Some(t) => {
+                let settings = crate::tls::settings(t, base)
+                    .map_err(|m| vec![ConfigError::new(format!("listeners.{}.tls", l.name), m)])?;
+                svc.add_tls_with_settings(&l.address, None, settings);
+            }
+            None => svc.add_tcp(&l.address),
+        }
+        if let Ok(a) = l.address.parse() {
+            addrs.push(a);
+        }
+        server.add_service(svc);
+    }
+
+    if let Some(admin) = &spec.admin {
+        let mut svc = Service::new(
+            "admin".to_string(),
+            HttpServer::new_app(AdminApp::new(runtime.clone(), addrs)),
+        );
+        svc.add_tcp(&admin.address);
+        server.add_service(svc);
+    }
+    server.add_service(background_service("health checks", HealthService(runtime.clone())));
+    let reloader = Arc::new(Reloader::new(path.to_path_buf(), runtime.clone(), registry));
+    server.add_service(background_service("config reload", ReloadService(reloader)));
+
+    tracing::info!(
+        config = %path.display(),
+        listeners = ?spec.listeners.iter().map(|l| l.address.as_str()).collect::<Vec<_>>(),
+        admin = spec.admin.as_ref().map(|a| a.address.as_str()),
+        "meshgate starting"
+    );
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Signals {
+            grace_period: spec.runtime.grace_period.get(),
+        }),
+    });
+    Ok(())
+}
