@@ -99,8 +99,14 @@ mod tests {
             request_body_bytes: 10,
             ..RequestCtx::default()
         };
-        assert!(matches!(f.request_body_filter(None, false, &mut ctx), Action::Continue));
+        assert!(matches!(
+            f.request_body_filter(None, false, &mut ctx),
+            Action::Continue
+        ));
         ctx.request_body_bytes = 11;
-        assert!(matches!(f.request_body_filter(None, false, &mut ctx), Action::Respond(_)));
+        assert!(matches!(
+            f.request_body_filter(None, false, &mut ctx),
+            Action::Respond(_)
+        ));
     }
 }

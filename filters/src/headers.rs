@@ -169,9 +169,16 @@ impl HeadersFilter {
     pub fn new(spec: &HeadersSpec) -> Result<Self, Vec<SpecError>> {
         let mut errors = Vec::new();
         let empty = HeaderEditsSpec::default();
-        let request = Edits::compile(spec.request.as_ref().unwrap_or(&empty), "request", &mut errors);
-        let response =
-            Edits::compile(spec.response.as_ref().unwrap_or(&empty), "response", &mut errors);
+        let request = Edits::compile(
+            spec.request.as_ref().unwrap_or(&empty),
+            "request",
+            &mut errors,
+        );
+        let response = Edits::compile(
+            spec.response.as_ref().unwrap_or(&empty),
+            "response",
+            &mut errors,
+        );
         if errors.is_empty() {
             Ok(Self { request, response })
         } else {
@@ -218,7 +225,10 @@ mod tests {
         req.insert_header("x-tag", "a").expect("h");
         f.upstream_request_filter(&mut req, &mut RequestCtx::default());
         assert!(req.headers.get("x-debug").is_none());
-        assert_eq!(req.headers.get("x-env").map(|v| v.as_bytes()), Some(&b"dev"[..]));
+        assert_eq!(
+            req.headers.get("x-env").map(|v| v.as_bytes()),
+            Some(&b"dev"[..])
+        );
         let tags: Vec<_> = req.headers.get_all("x-tag").iter().collect();
         assert_eq!(tags.len(), 2);
     }

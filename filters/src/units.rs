@@ -75,12 +75,12 @@ impl ByteSize {
     /// Parses `10MB`, `64KiB`, `512`, `512B` (unit case-sensitive, optional space before it).
     pub fn parse(s: &str) -> Result<Self, String> {
         let s = s.trim();
-        let digits_end = s
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(s.len());
+        let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         let (num, unit) = s.split_at(digits_end);
         if num.is_empty() {
-            return Err(format!("invalid size {s:?}: expected a number such as \"10MB\""));
+            return Err(format!(
+                "invalid size {s:?}: expected a number such as \"10MB\""
+            ));
         }
         let n: u64 = num
             .parse()
@@ -107,7 +107,7 @@ impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.0 != 0 {
             for (name, factor) in UNITS {
-                if self.0 % factor == 0 {
+                if self.0.is_multiple_of(factor) {
                     return write!(f, "{}{}", self.0 / factor, name);
                 }
             }
@@ -151,7 +151,15 @@ mod tests {
         assert_eq!(ByteSize::parse("64KiB"), Ok(ByteSize(65_536)));
         assert_eq!(ByteSize::parse("512"), Ok(ByteSize(512)));
         assert_eq!(ByteSize::parse("1 GiB"), Ok(ByteSize(1 << 30)));
-        for bad in ["", "MB", "10mb", "1.5MB", "-1", "10XB", "99999999999999999999GB"] {
+        for bad in [
+            "",
+            "MB",
+            "10mb",
+            "1.5MB",
+            "-1",
+            "10XB",
+            "99999999999999999999GB",
+        ] {
             assert!(ByteSize::parse(bad).is_err(), "{bad:?} should be rejected");
         }
     }

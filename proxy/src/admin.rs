@@ -44,9 +44,12 @@ impl AdminApp {
             return true;
         }
         for addr in &self.listeners {
-            let ok = tokio::time::timeout(Duration::from_millis(250), tokio::net::TcpStream::connect(addr))
-                .await
-                .is_ok_and(|r| r.is_ok());
+            let ok = tokio::time::timeout(
+                Duration::from_millis(250),
+                tokio::net::TcpStream::connect(addr),
+            )
+            .await
+            .is_ok_and(|r| r.is_ok());
             if !ok {
                 return false;
             }
@@ -115,10 +118,17 @@ impl ServeHttp for AdminApp {
             }
             "/config" => {
                 let rt = self.runtime.load();
-                json_reply(200, &json!({ "generation": rt.generation, "config": crate::config::redacted(&rt.spec) }))
+                json_reply(
+                    200,
+                    &json!({ "generation": rt.generation, "config": crate::config::redacted(&rt.spec) }),
+                )
             }
             "/routes" => json_reply(200, &routes_json(&self.runtime.load())),
-            _ => reply(404, "text/plain", b"not found: try /metrics /healthz /readyz /config /routes\n".to_vec()),
+            _ => reply(
+                404,
+                "text/plain",
+                b"not found: try /metrics /healthz /readyz /config /routes\n".to_vec(),
+            ),
         }
     }
 }

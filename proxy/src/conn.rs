@@ -7,23 +7,23 @@
 //! is complete and when the next request may begin. The wrapper sits under Pingora's HTTP
 //! layer, which is the only place that sees bytes before the header is parsed.
 
+use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::future::Future as _;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
+use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::tls::TlsRef;
 use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, Stream, UniqueID, ALPN,
 };
-use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::{SocketDigest, TimingDigest};
-use pingora::protocols::tls::TlsRef;
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -69,23 +69,33 @@ impl HeaderDeadline {
     /// Called once the request header is parsed: lift the deadline.
     pub fn header_complete(stream: &Stream) {
         if let Some(d) = Self::find(stream) {
-            let _ = d.phase.compare_exchange(HEADER, BODY, Ordering::Relaxed, Ordering::Relaxed);
+            let _ = d
+                .phase
+                .compare_exchange(HEADER, BODY, Ordering::Relaxed, Ordering::Relaxed);
             // A header that arrived in one read never left IDLE as seen by poll_read's
             // check order; treat it the same.
-            let _ = d.phase.compare_exchange(IDLE, BODY, Ordering::Relaxed, Ordering::Relaxed);
+            let _ = d
+                .phase
+                .compare_exchange(IDLE, BODY, Ordering::Relaxed, Ordering::Relaxed);
         }
     }
 
     /// Called when a request is finished: the next byte starts a new header deadline.
     pub fn request_finished(stream: &Stream) {
         if let Some(d) = Self::find(stream) {
-            let _ = d.phase.compare_exchange(BODY, IDLE, Ordering::Relaxed, Ordering::Relaxed);
+            let _ = d
+                .phase
+                .compare_exchange(BODY, IDLE, Ordering::Relaxed, Ordering::Relaxed);
         }
     }
 }
 
 impl AsyncRead for HeaderDeadline {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let phase = this.phase.load(Ordering::Relaxed);
         if phase == HEADER && this.sleep.as_mut().poll(cx).is_ready() {
@@ -116,7 +126,11 @@ impl AsyncRead for HeaderDeadline {
 }
 
 impl AsyncWrite for HeaderDeadline {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -234,7 +248,11 @@ impl Drop for ConnGuard {
 
 #[async_trait]
 impl ServerApp for MeshApp {
-    async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
         let _guard = ConnGuard::start();
         let stream: Stream = if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             stream

@@ -8,7 +8,8 @@ use tracing_subscriber::Layer;
 
 /// Installs the global subscriber once; later calls are ignored.
 pub fn init() {
-    let diag_filter = EnvFilter::try_from_env("MESHGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let diag_filter =
+        EnvFilter::try_from_env("MESHGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let access = tracing_subscriber::fmt::layer()
         .json()
         .flatten_event(true)
@@ -23,5 +24,8 @@ pub fn init() {
         .with_writer(std::io::stderr)
         .with_filter(filter_fn(|m| m.target() != "access"))
         .with_filter(diag_filter);
-    let _ = tracing_subscriber::registry().with(access).with(diagnostics).try_init();
+    let _ = tracing_subscriber::registry()
+        .with(access)
+        .with(diagnostics)
+        .try_init();
 }

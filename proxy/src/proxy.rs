@@ -137,7 +137,8 @@ impl MeshProxy {
 
         let req = session.req_header();
         let raw_path = req.uri.path();
-        let normalized = normalize_path(raw_path).map_err(|_| LocalResponse::error(ErrorKind::BadRequest))?;
+        let normalized =
+            normalize_path(raw_path).map_err(|_| LocalResponse::error(ErrorKind::BadRequest))?;
         if let Cow::Owned(p) = normalized {
             ctx.normalized = Some(p);
         }
@@ -159,7 +160,10 @@ impl MeshProxy {
             ctx.entered = i + 1;
             let view = RequestView {
                 header: session.req_header(),
-                path: ctx.normalized.as_deref().unwrap_or(session.req_header().uri.path()),
+                path: ctx
+                    .normalized
+                    .as_deref()
+                    .unwrap_or(session.req_header().uri.path()),
                 host: &ctx.host,
                 peer,
             };
@@ -195,7 +199,8 @@ impl MeshProxy {
                 ),
             ),
         };
-        let Ok(mut resp) = ResponseHeader::build(answer.status, Some(4 + answer.headers.len())) else {
+        let Ok(mut resp) = ResponseHeader::build(answer.status, Some(4 + answer.headers.len()))
+        else {
             return 0;
         };
         let _ = resp.insert_header(CONTENT_TYPE, content_type);
@@ -219,7 +224,11 @@ impl MeshProxy {
             let _ = resp.insert_header(http::header::CONNECTION, "close");
         }
         let head_only = session.req_header().method == http::Method::HEAD;
-        if session.write_response_header(Box::new(resp), head_only).await.is_err() {
+        if session
+            .write_response_header(Box::new(resp), head_only)
+            .await
+            .is_err()
+        {
             return status;
         }
         if !head_only {
@@ -455,7 +464,10 @@ impl ProxyHttp for MeshProxy {
         }
         let rt = ctx.rt.clone();
         let trusted = rt.as_deref().map(|r| &r.trusted);
-        let peer_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        let peer_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
         if let (Some(peer_ip), Some(trusted)) = (peer_ip, trusted) {
             let from_trusted = trusted.contains(peer_ip);
             let existing = session
@@ -465,8 +477,16 @@ impl ProxyHttp for MeshProxy {
                 .and_then(|v| v.to_str().ok());
             let xff = forwarding::forwarded_for(peer_ip, existing, trusted);
             let _ = upstream.insert_header("x-forwarded-for", xff);
-            let client_proto = session.req_header().headers.get("x-forwarded-proto").cloned();
-            let client_host = session.req_header().headers.get("x-forwarded-host").cloned();
+            let client_proto = session
+                .req_header()
+                .headers
+                .get("x-forwarded-proto")
+                .cloned();
+            let client_host = session
+                .req_header()
+                .headers
+                .get("x-forwarded-host")
+                .cloned();
             match client_proto {
                 Some(p) if from_trusted => {
                     let _ = upstream.insert_header("x-forwarded-proto", p);
@@ -481,18 +501,13 @@ impl ProxyHttp for MeshProxy {
                     let _ = upstream.insert_header("x-forwarded-host", h);
                 }
                 _ => {
-                    let host = session
-                        .req_header()
-                        .headers
-                        .get(HOST)
-                        .cloned()
-                        .or_else(|| {
-                            session
-                                .req_header()
-                                .uri
-                                .authority()
-                                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-                        });
+                    let host = session.req_header().headers.get(HOST).cloned().or_else(|| {
+                        session
+                            .req_header()
+                            .uri
+                            .authority()
+                            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                    });
                     match host {
                         Some(h) => {
                             let _ = upstream.insert_header("x-forwarded-host", h);
@@ -572,7 +587,8 @@ impl ProxyHttp for MeshProxy {
         let elapsed = ctx.req.started.elapsed();
         let route = ctx.route_name();
         let cluster = ctx.cluster_name();
-        let status_label = StatusCode::from_u16(status).map_or_else(|_| "0".to_string(), |s| s.as_str().to_string());
+        let status_label = StatusCode::from_u16(status)
+            .map_or_else(|_| "0".to_string(), |s| s.as_str().to_string());
         METRICS
             .requests
             .with_label_values(&[route, cluster, status_label.as_str()])
@@ -582,7 +598,10 @@ impl ProxyHttp for MeshProxy {
             .with_label_values(&[route, cluster, status_class(status)])
             .observe(elapsed.as_secs_f64());
         if let Some(r) = ctx.route.clone() {
-            for f in r.filters.filters()[..ctx.entered.min(r.filters.len())].iter().rev() {
+            for f in r.filters.filters()[..ctx.entered.min(r.filters.len())]
+                .iter()
+                .rev()
+            {
                 f.logging(&ctx.req, status);
             }
         }

@@ -42,7 +42,11 @@ pub struct Reloader {
 
 impl Reloader {
     /// A reloader for `path`, whose current content is already serving as `runtime`.
-    pub fn new(path: PathBuf, runtime: Arc<ArcSwap<Runtime>>, registry: Arc<EndpointRegistry>) -> Self {
+    pub fn new(
+        path: PathBuf,
+        runtime: Arc<ArcSwap<Runtime>>,
+        registry: Arc<EndpointRegistry>,
+    ) -> Self {
         let last = std::fs::read(&path).unwrap_or_default();
         Self {
             path,
@@ -55,9 +59,15 @@ impl Reloader {
     /// Reloads now. File-change triggers skip files whose content did not change (editors
     /// and `touch` produce events without edits); SIGHUP always reloads.
     pub fn reload(&self, trigger: Trigger) -> Result<Option<u64>, Vec<ConfigError>> {
-        let mut last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let bytes = std::fs::read(&self.path).map_err(|e| {
-            vec![ConfigError::new("", format!("cannot read {}: {e}", self.path.display()))]
+            vec![ConfigError::new(
+                "",
+                format!("cannot read {}: {e}", self.path.display()),
+            )]
         });
         let bytes = match bytes {
             Ok(b) => b,
@@ -84,7 +94,9 @@ impl Reloader {
         self.runtime.store(Arc::new(rt));
         *last = bytes;
         METRICS.reloads.with_label_values(&["success"]).inc();
-        METRICS.config_generation.set(i64::try_from(generation).unwrap_or(i64::MAX));
+        METRICS
+            .config_generation
+            .set(i64::try_from(generation).unwrap_or(i64::MAX));
         tracing::info!(?trigger, generation, path = %self.path.display(), "config reloaded");
         Ok(Some(generation))
     }
@@ -116,7 +128,9 @@ fn warn_restart_only_changes(old: &ConfigSpec, new: &ConfigSpec) {
     if admin(old) != admin(new) {
         tracing::warn!("admin address changes need a restart; ignored until then");
     }
-    if old.runtime.threads != new.runtime.threads || old.runtime.work_stealing != new.runtime.work_stealing {
+    if old.runtime.threads != new.runtime.threads
+        || old.runtime.work_stealing != new.runtime.work_stealing
+    {
         tracing::warn!("runtime.threads and runtime.work_stealing changes need a restart");
     }
 }

@@ -82,7 +82,10 @@ pub fn run(path: &Path) -> Result<(), Vec<ConfigError>> {
             opts.h2c = true;
             proxy.server_options = Some(opts);
         }
-        let mut svc = Service::new(format!("listener {}", l.name), MeshApp::new(proxy, runtime.clone()));
+        let mut svc = Service::new(
+            format!("listener {}", l.name),
+            MeshApp::new(proxy, runtime.clone()),
+        );
         match &l.tls {
             Some(t) => {
                 let settings = crate::tls::settings(t, base)
@@ -105,7 +108,10 @@ pub fn run(path: &Path) -> Result<(), Vec<ConfigError>> {
         svc.add_tcp(&admin.address);
         server.add_service(svc);
     }
-    server.add_service(background_service("health checks", HealthService(runtime.clone())));
+    server.add_service(background_service(
+        "health checks",
+        HealthService(runtime.clone()),
+    ));
     let reloader = Arc::new(Reloader::new(path.to_path_buf(), runtime.clone(), registry));
     server.add_service(background_service("config reload", ReloadService(reloader)));
 

@@ -45,16 +45,24 @@ impl LoadedConfig {
 pub fn load_file(path: &Path) -> Result<LoadedConfig, Vec<ConfigError>> {
     // A config larger than this is a mistake (or an attack on the parser), not a config.
     const MAX_CONFIG_BYTES: u64 = 8 * 1024 * 1024;
-    let meta = std::fs::metadata(path)
-        .map_err(|e| vec![ConfigError::new("", format!("cannot read {}: {e}", path.display()))])?;
+    let meta = std::fs::metadata(path).map_err(|e| {
+        vec![ConfigError::new(
+            "",
+            format!("cannot read {}: {e}", path.display()),
+        )]
+    })?;
     if meta.len() > MAX_CONFIG_BYTES {
         return Err(vec![ConfigError::new(
             "",
             format!("{} is larger than {MAX_CONFIG_BYTES} bytes", path.display()),
         )]);
     }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| vec![ConfigError::new("", format!("cannot read {}: {e}", path.display()))])?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![ConfigError::new(
+            "",
+            format!("cannot read {}: {e}", path.display()),
+        )]
+    })?;
     let base = path.parent().unwrap_or(Path::new("."));
     load_str(&text, base, &|name| std::env::var(name).ok())
 }
@@ -100,7 +108,11 @@ fn locate_all(index: &LineIndex, errors: Vec<ConfigError>) -> Vec<ConfigError> {
 
 /// Deserializes `value` as `T`, turning a serde error into a [`ConfigError`] whose path is
 /// `base` + the path serde was at.
-fn section<T: DeserializeOwned>(value: &Value, base: &str, errors: &mut Vec<ConfigError>) -> Option<T> {
+fn section<T: DeserializeOwned>(
+    value: &Value,
+    base: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<T> {
     match serde_path_to_error::deserialize::<_, T>(value) {
         Ok(v) => Some(v),
         Err(e) => {
@@ -138,7 +150,10 @@ fn deserialize_sections(root: &Value, errors: &mut Vec<ConfigError>) -> Option<C
     let required = |name: &str, errors: &mut Vec<ConfigError>| {
         let v = map.get(name);
         if v.is_none() {
-            errors.push(ConfigError::new("", format!("missing required key `{name}`")));
+            errors.push(ConfigError::new(
+                "",
+                format!("missing required key `{name}`"),
+            ));
         }
         v
     };
@@ -164,7 +179,10 @@ fn deserialize_sections(root: &Value, errors: &mut Vec<ConfigError>) -> Option<C
             }
         }
         Some(_) => {
-            errors.push(ConfigError::new("clusters", "expected a mapping of cluster names"));
+            errors.push(ConfigError::new(
+                "clusters",
+                "expected a mapping of cluster names",
+            ));
             clusters = None;
         }
     }
@@ -212,7 +230,11 @@ fn opt_section<T: DeserializeOwned>(
     }
 }
 
-fn list<T: DeserializeOwned>(value: &Value, base: &str, errors: &mut Vec<ConfigError>) -> Option<Vec<T>> {
+fn list<T: DeserializeOwned>(
+    value: &Value,
+    base: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Vec<T>> {
     let Some(items) = value.as_array() else {
         errors.push(ConfigError::new(base, "expected a list"));
         return None;
@@ -251,7 +273,13 @@ fn route(value: &Value, base: &str, errors: &mut Vec<ConfigError>) -> Option<spe
 mod tests;
 
 /// Keys whose values are secrets wherever they appear in a config.
-const SECRET_KEYS: &[&str] = &["client_secret", "session_key", "password", "secret", "token"];
+const SECRET_KEYS: &[&str] = &[
+    "client_secret",
+    "session_key",
+    "password",
+    "secret",
+    "token",
+];
 
 /// The spec as JSON for `/config`, with secret values replaced by `"[redacted]"` and
 /// passwords removed from URLs (`redis://:pw@host` → `redis://:[redacted]@host`).

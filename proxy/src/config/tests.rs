@@ -32,7 +32,10 @@ routes:
 #[test]
 fn valid_config_loads_with_defaults() {
     let cfg = load(VALID).expect("valid");
-    assert_eq!(cfg.spec.clusters["orders"].endpoints, vec!["127.0.0.1:9000"]);
+    assert_eq!(
+        cfg.spec.clusters["orders"].endpoints,
+        vec!["127.0.0.1:9000"]
+    );
     assert_eq!(cfg.spec.runtime.threads, 1);
     assert_eq!(cfg.spec.routes[0].filters.len(), 1);
 }
@@ -42,14 +45,18 @@ fn errors(text: &str) -> Vec<ConfigError> {
 }
 
 fn has(errs: &[ConfigError], path: &str, needle: &str) -> bool {
-    errs.iter().any(|e| e.path == path && e.message.contains(needle))
+    errs.iter()
+        .any(|e| e.path == path && e.message.contains(needle))
 }
 
 #[test]
 fn unknown_cluster_is_reported_with_path_line_and_suggestion() {
     let text = VALID.replace("    to: orders", "    to: ordrs");
     let errs = errors(&text);
-    let e = errs.iter().find(|e| e.path == "routes[0].to").expect("error at routes[0].to");
+    let e = errs
+        .iter()
+        .find(|e| e.path == "routes[0].to")
+        .expect("error at routes[0].to");
     assert!(e.message.contains("unknown cluster \"ordrs\""), "{e}");
     assert!(e.message.contains("did you mean \"orders\""), "{e}");
     assert_eq!(e.location.map(|l| l.line), Some(13), "{e}");
@@ -84,10 +91,22 @@ routes:
     let errs = errors(text);
     let shown: Vec<String> = errs.iter().map(ToString::to_string).collect();
     assert!(has(&errs, "bogus", "unknown key"), "{shown:#?}");
-    assert!(has(&errs, "listeners[1].colour", "unknown field"), "{shown:#?}");
-    assert!(has(&errs, "clusters.c.connect_timeout", "invalid duration"), "{shown:#?}");
-    assert!(has(&errs, "routes[0].timeout", "invalid duration"), "{shown:#?}");
-    assert!(has(&errs, "routes[1].filters[1].body_limit", "invalid size"), "{shown:#?}");
+    assert!(
+        has(&errs, "listeners[1].colour", "unknown field"),
+        "{shown:#?}"
+    );
+    assert!(
+        has(&errs, "clusters.c.connect_timeout", "invalid duration"),
+        "{shown:#?}"
+    );
+    assert!(
+        has(&errs, "routes[0].timeout", "invalid duration"),
+        "{shown:#?}"
+    );
+    assert!(
+        has(&errs, "routes[1].filters[1].body_limit", "invalid size"),
+        "{shown:#?}"
+    );
     assert!(errs.iter().all(|e| e.location.is_some()), "{shown:#?}");
 }
 
@@ -116,14 +135,36 @@ routes:
 ";
     let errs = errors(text);
     let shown: Vec<String> = errs.iter().map(ToString::to_string).collect();
-    assert!(has(&errs, "listeners[0].address", "invalid address"), "{shown:#?}");
+    assert!(
+        has(&errs, "listeners[0].address", "invalid address"),
+        "{shown:#?}"
+    );
     assert!(has(&errs, "listeners[1].name", "duplicate"), "{shown:#?}");
-    assert!(has(&errs, "routes[1].name", "duplicate route name"), "{shown:#?}");
-    assert!(has(&errs, "routes[1].match.path_prefix", "not a normalized path"), "{shown:#?}");
-    assert!(has(&errs, "routes[1].match.methods[0]", "invalid method"), "{shown:#?}");
+    assert!(
+        has(&errs, "routes[1].name", "duplicate route name"),
+        "{shown:#?}"
+    );
+    assert!(
+        has(
+            &errs,
+            "routes[1].match.path_prefix",
+            "not a normalized path"
+        ),
+        "{shown:#?}"
+    );
+    assert!(
+        has(&errs, "routes[1].match.methods[0]", "invalid method"),
+        "{shown:#?}"
+    );
     assert!(has(&errs, "routes[1].to", "unknown cluster"), "{shown:#?}");
-    assert!(has(&errs, "routes[2].rewrite.replace_prefix", "path_prefix"), "{shown:#?}");
-    assert!(has(&errs, "routes[2].split[0].weight", "greater than zero"), "{shown:#?}");
+    assert!(
+        has(&errs, "routes[2].rewrite.replace_prefix", "path_prefix"),
+        "{shown:#?}"
+    );
+    assert!(
+        has(&errs, "routes[2].split[0].weight", "greater than zero"),
+        "{shown:#?}"
+    );
 }
 
 #[test]
@@ -132,7 +173,8 @@ fn missing_env_var_is_an_error_without_its_value() {
     let errs = errors(&text);
     assert!(errs
         .iter()
-        .any(|e| e.path.starts_with("clusters.orders.endpoints") && e.message.contains("NOT_SET_ANYWHERE")));
+        .any(|e| e.path.starts_with("clusters.orders.endpoints")
+            && e.message.contains("NOT_SET_ANYWHERE")));
 }
 
 #[test]
@@ -144,6 +186,12 @@ fn redaction_hides_secrets_and_url_passwords() {
     let mut v2 = v.clone();
     redact(&mut v2);
     let text = v2.to_string();
-    assert!(!text.contains("s3cret") && !text.contains("hunter2"), "{text}");
-    assert!(text.contains("redis://user:[redacted]@127.0.0.1:6379/0"), "{text}");
+    assert!(
+        !text.contains("s3cret") && !text.contains("hunter2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("redis://user:[redacted]@127.0.0.1:6379/0"),
+        "{text}"
+    );
 }

@@ -30,7 +30,10 @@ pub(super) fn validate(spec: &ConfigSpec, base_dir: &Path, errors: &mut Vec<Conf
 
     // Listeners.
     if spec.listeners.is_empty() {
-        err("listeners".into(), "at least one listener is required".into());
+        err(
+            "listeners".into(),
+            "at least one listener is required".into(),
+        );
     }
     let mut names = HashSet::new();
     let mut addrs = HashSet::new();
@@ -39,12 +42,18 @@ pub(super) fn validate(spec: &ConfigSpec, base_dir: &Path, errors: &mut Vec<Conf
         if !valid_name(&l.name) {
             err(child_key(&base, "name"), name_rule(&l.name));
         } else if !names.insert(l.name.as_str()) {
-            err(child_key(&base, "name"), format!("duplicate listener name {:?}", l.name));
+            err(
+                child_key(&base, "name"),
+                format!("duplicate listener name {:?}", l.name),
+            );
         }
         match l.address.parse::<SocketAddr>() {
             Ok(a) => {
                 if !addrs.insert(a) {
-                    err(child_key(&base, "address"), format!("address {a} is used twice"));
+                    err(
+                        child_key(&base, "address"),
+                        format!("address {a} is used twice"),
+                    );
                 }
             }
             Err(_) => err(
@@ -64,7 +73,10 @@ pub(super) fn validate(spec: &ConfigSpec, base_dir: &Path, errors: &mut Vec<Conf
             for (j, sni) in tls.sni.iter().enumerate() {
                 let sbase = child_index(&child_key(&tbase, "sni"), j);
                 if sni.server_names.is_empty() {
-                    err(child_key(&sbase, "server_names"), "at least one name is required".into());
+                    err(
+                        child_key(&sbase, "server_names"),
+                        "at least one name is required".into(),
+                    );
                 }
                 for (k, name) in sni.server_names.iter().enumerate() {
                     if !valid_host_pattern(name) {
@@ -98,7 +110,10 @@ pub(super) fn validate(spec: &ConfigSpec, base_dir: &Path, errors: &mut Vec<Conf
         err("runtime.threads".into(), "must be between 1 and 256".into());
     }
     if rt.header_read_timeout.get().is_zero() {
-        err("runtime.header_read_timeout".into(), "must be greater than zero".into());
+        err(
+            "runtime.header_read_timeout".into(),
+            "must be greater than zero".into(),
+        );
     }
     if rt.idle_timeout.get() < Duration::from_secs(1) {
         err("runtime.idle_timeout".into(), "must be at least 1s".into());
@@ -108,7 +123,10 @@ pub(super) fn validate(spec: &ConfigSpec, base_dir: &Path, errors: &mut Vec<Conf
     }
     // Pingora refuses header blocks above ~1 MiB on its own; below 1 KiB nothing real fits.
     if !(1024..=1024 * 1024).contains(&rt.max_header_size.bytes()) {
-        err("runtime.max_header_size".into(), "must be between 1KiB and 1MiB".into());
+        err(
+            "runtime.max_header_size".into(),
+            "must be between 1KiB and 1MiB".into(),
+        );
     }
 
     // Clusters.
@@ -118,7 +136,10 @@ pub(super) fn validate(spec: &ConfigSpec, base_dir: &Path, errors: &mut Vec<Conf
             err(base.clone(), name_rule(name));
         }
         if c.endpoints.is_empty() {
-            err(child_key(&base, "endpoints"), "at least one endpoint is required".into());
+            err(
+                child_key(&base, "endpoints"),
+                "at least one endpoint is required".into(),
+            );
         }
         let mut seen = HashSet::new();
         for (i, ep) in c.endpoints.iter().enumerate() {
@@ -130,26 +151,41 @@ pub(super) fn validate(spec: &ConfigSpec, base_dir: &Path, errors: &mut Vec<Conf
             }
         }
         if c.connect_timeout.get().is_zero() {
-            err(child_key(&base, "connect_timeout"), "must be greater than zero".into());
+            err(
+                child_key(&base, "connect_timeout"),
+                "must be greater than zero".into(),
+            );
         }
         if let super::spec::LoadBalancingSpec::HashHeader(h) = &c.load_balancing {
             if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
-                err(child_key(&base, "load_balancing"), format!("invalid header name {h:?}"));
+                err(
+                    child_key(&base, "load_balancing"),
+                    format!("invalid header name {h:?}"),
+                );
             }
         }
         if let Some(hc) = &c.health_check {
             let hb = child_key(&base, "health_check");
             if !hc.path.starts_with('/') || hc.path.bytes().any(|b| b <= b' ' || b == 0x7f) {
-                err(child_key(&hb, "path"), "must be an origin-form path starting with /".into());
+                err(
+                    child_key(&hb, "path"),
+                    "must be an origin-form path starting with /".into(),
+                );
             }
             if hc.interval.get() < Duration::from_millis(10) {
                 err(child_key(&hb, "interval"), "must be at least 10ms".into());
             }
             if hc.timeout.get().is_zero() {
-                err(child_key(&hb, "timeout"), "must be greater than zero".into());
+                err(
+                    child_key(&hb, "timeout"),
+                    "must be greater than zero".into(),
+                );
             }
             if hc.unhealthy_after == 0 {
-                err(child_key(&hb, "unhealthy_after"), "must be at least 1".into());
+                err(
+                    child_key(&hb, "unhealthy_after"),
+                    "must be at least 1".into(),
+                );
             }
             if hc.healthy_after == 0 {
                 err(child_key(&hb, "healthy_after"), "must be at least 1".into());
@@ -164,20 +200,29 @@ pub(super) fn validate(spec: &ConfigSpec, base_dir: &Path, errors: &mut Vec<Conf
         if !valid_name(&r.name) {
             err(child_key(&base, "name"), name_rule(&r.name));
         } else if !route_names.insert(r.name.as_str()) {
-            err(child_key(&base, "name"), format!("duplicate route name {:?}", r.name));
+            err(
+                child_key(&base, "name"),
+                format!("duplicate route name {:?}", r.name),
+            );
         }
         check_match(&r.matcher, &child_key(&base, "match"), &mut err);
         check_rewrite(r, &base, &mut err);
         check_target(spec, r, &base, &mut err);
         if r.timeout.get().is_zero() {
-            err(child_key(&base, "timeout"), "must be greater than zero".into());
+            err(
+                child_key(&base, "timeout"),
+                "must be greater than zero".into(),
+            );
         }
     }
 }
 
 fn check_match(m: &MatchSpec, base: &str, err: &mut impl FnMut(String, String)) {
     if m.path.is_some() && m.path_prefix.is_some() {
-        err(base.to_string(), "set either `path` or `path_prefix`, not both".into());
+        err(
+            base.to_string(),
+            "set either `path` or `path_prefix`, not both".into(),
+        );
     }
     for (key, value) in [("path", &m.path), ("path_prefix", &m.path_prefix)] {
         if let Some(p) = value {
@@ -231,18 +276,27 @@ fn check_rewrite(r: &RouteSpec, base: &str, err: &mut impl FnMut(String, String)
     }
 }
 
-fn check_target(spec: &ConfigSpec, r: &RouteSpec, base: &str, err: &mut impl FnMut(String, String)) {
+fn check_target(
+    spec: &ConfigSpec,
+    r: &RouteSpec,
+    base: &str,
+    err: &mut impl FnMut(String, String),
+) {
     let unknown = |name: &str| -> Option<String> {
         if spec.clusters.contains_key(name) {
             None
         } else {
-            Some(format!("unknown cluster {name:?}{}", suggestion(name, spec.clusters.keys())))
+            Some(format!(
+                "unknown cluster {name:?}{}",
+                suggestion(name, spec.clusters.keys())
+            ))
         }
     };
     match (&r.to, &r.split) {
-        (Some(_), Some(_)) | (None, None) => {
-            err(base.to_string(), "set exactly one of `to` or `split`".into())
-        }
+        (Some(_), Some(_)) | (None, None) => err(
+            base.to_string(),
+            "set exactly one of `to` or `split`".into(),
+        ),
         (Some(to), None) => {
             if let Some(msg) = unknown(to) {
                 err(child_key(base, "to"), msg);
@@ -281,10 +335,19 @@ fn check_normal_path(p: &str, path: &str, err: &mut impl FnMut(String, String)) 
     }
 }
 
-fn check_pem(base_dir: &Path, cert: &str, key: &str, base: &str, err: &mut impl FnMut(String, String)) {
+fn check_pem(
+    base_dir: &Path,
+    cert: &str,
+    key: &str,
+    base: &str,
+    err: &mut impl FnMut(String, String),
+) {
     let cert_path = base_dir.join(cert);
     match std::fs::read(&cert_path) {
-        Err(e) => err(child_key(base, "cert"), format!("cannot read {}: {e}", cert_path.display())),
+        Err(e) => err(
+            child_key(base, "cert"),
+            format!("cannot read {}: {e}", cert_path.display()),
+        ),
         Ok(bytes) => {
             if !String::from_utf8_lossy(&bytes).contains("-----BEGIN CERTIFICATE-----") {
                 err(
@@ -297,7 +360,10 @@ fn check_pem(base_dir: &Path, cert: &str, key: &str, base: &str, err: &mut impl 
     let key_path = base_dir.join(key);
     match std::fs::read(&key_path) {
         // The key's content is never echoed: it is a secret.
-        Err(e) => err(child_key(base, "key"), format!("cannot read {}: {e}", key_path.display())),
+        Err(e) => err(
+            child_key(base, "key"),
+            format!("cannot read {}: {e}", key_path.display()),
+        ),
         Ok(bytes) => {
             if !String::from_utf8_lossy(&bytes).contains("PRIVATE KEY-----") {
                 err(
@@ -308,7 +374,6 @@ fn check_pem(base_dir: &Path, cert: &str, key: &str, base: &str, err: &mut impl 
         }
     }
 }
-
 
 /// Parses a CIDR or a bare address (a single host).
 pub fn parse_cidr(s: &str) -> Option<ipnet::IpNet> {
@@ -354,7 +419,9 @@ pub(crate) fn valid_host_pattern(h: &str) -> bool {
         && rest.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
 }
 

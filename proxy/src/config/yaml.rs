@@ -1681,7 +1681,7 @@ big: >-
             let bytes: Vec<u8> = (0..len)
                 .map(|_| {
                     let r = rng.next();
-                    if r % 4 == 0 {
+                    if r.is_multiple_of(4) {
                         (r >> 8) as u8
                     } else {
                         alphabet[((r >> 8) % alphabet.len() as u64) as usize]

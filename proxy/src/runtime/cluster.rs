@@ -54,7 +54,11 @@ impl EndpointState {
             return None;
         }
         let streak = self.streak.fetch_add(1, Ordering::Relaxed) + 1;
-        let needed = if healthy { unhealthy_after } else { healthy_after };
+        let needed = if healthy {
+            unhealthy_after
+        } else {
+            healthy_after
+        };
         if streak >= needed {
             self.healthy.store(ok, Ordering::Relaxed);
             self.streak.store(0, Ordering::Relaxed);
@@ -152,7 +156,9 @@ impl Cluster {
             return Err(errors);
         }
         let balancer = match &spec.load_balancing {
-            LoadBalancingSpec::RoundRobin => Balancer::RoundRobin(AtomicUsize::new(fastrand::usize(..))),
+            LoadBalancingSpec::RoundRobin => {
+                Balancer::RoundRobin(AtomicUsize::new(fastrand::usize(..)))
+            }
             LoadBalancingSpec::LeastRequest => Balancer::LeastRequest,
             LoadBalancingSpec::Random => Balancer::Random,
             LoadBalancingSpec::HashHeader(h) => match HeaderName::from_bytes(h.as_bytes()) {

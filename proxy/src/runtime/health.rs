@@ -61,9 +61,14 @@ pub async fn run(runtime: Arc<ArcSwap<Runtime>>, mut shutdown: tokio::sync::watc
                     let ok = probe(addr, &host, &path, hc.timeout.get()).await;
                     METRICS
                         .health_checks
-                        .with_label_values(&[&*cluster_name, if ok { "success" } else { "failure" }])
+                        .with_label_values(&[
+                            &*cluster_name,
+                            if ok { "success" } else { "failure" },
+                        ])
                         .inc();
-                    if let Some(now_healthy) = state.record_probe(ok, hc.unhealthy_after, hc.healthy_after) {
+                    if let Some(now_healthy) =
+                        state.record_probe(ok, hc.unhealthy_after, hc.healthy_after)
+                    {
                         METRICS
                             .endpoint_healthy
                             .with_label_values(&[&*cluster_name, host.as_str()])

@@ -79,7 +79,8 @@ impl Runtime {
 
         let mut routes = Vec::with_capacity(spec.routes.len());
         for (i, r) in spec.routes.iter().enumerate() {
-            if let Some(route) = compile_route(r, &child_index("routes", i), &clusters, &mut errors) {
+            if let Some(route) = compile_route(r, &child_index("routes", i), &clusters, &mut errors)
+            {
                 routes.push(Arc::new(route));
             }
         }
@@ -101,7 +102,8 @@ impl Runtime {
         registry.retain(&live);
 
         let limits = Limits {
-            max_header_size: usize::try_from(spec.runtime.max_header_size.bytes()).unwrap_or(usize::MAX),
+            max_header_size: usize::try_from(spec.runtime.max_header_size.bytes())
+                .unwrap_or(usize::MAX),
             idle_timeout: spec.runtime.idle_timeout.get(),
         };
         Ok(Self {
@@ -154,15 +156,17 @@ fn compile_route(
         if let Some(p) = &rw.strip_prefix {
             Some(Rewrite::StripPrefix(p.trim_end_matches('/').to_string()))
         } else {
-            rw.replace_prefix.as_ref().map(|with| Rewrite::ReplacePrefix {
-                matched: m
-                    .path_prefix
-                    .as_deref()
-                    .unwrap_or("")
-                    .trim_end_matches('/')
-                    .to_string(),
-                with: with.clone(),
-            })
+            rw.replace_prefix
+                .as_ref()
+                .map(|with| Rewrite::ReplacePrefix {
+                    matched: m
+                        .path_prefix
+                        .as_deref()
+                        .unwrap_or("")
+                        .trim_end_matches('/')
+                        .to_string(),
+                    with: with.clone(),
+                })
         }
     });
 
@@ -242,10 +246,7 @@ fn compile_filter(spec: &FilterSpec) -> Result<Arc<dyn Filter>, Vec<meshgate_fil
 pub fn describe_route(route: &Route) -> HashMap<&'static str, serde_json::Value> {
     let mut out = HashMap::new();
     out.insert("name", serde_json::Value::from(route.name.as_ref()));
-    out.insert(
-        "filters",
-        serde_json::Value::from(route.filters.names()),
-    );
+    out.insert("filters", serde_json::Value::from(route.filters.names()));
     out.insert(
         "targets",
         serde_json::Value::from(

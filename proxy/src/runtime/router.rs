@@ -297,7 +297,12 @@ impl Router {
 mod tests {
     use super::*;
 
-    fn input<'a>(method: &'a Method, host: &'a str, path: &'a str, headers: &'a http::HeaderMap) -> RouteInput<'a> {
+    fn input<'a>(
+        method: &'a Method,
+        host: &'a str,
+        path: &'a str,
+        headers: &'a http::HeaderMap,
+    ) -> RouteInput<'a> {
         RouteInput {
             method,
             host,
@@ -322,18 +327,36 @@ mod tests {
             None,
             Some("/api/"),
             vec![Method::GET],
-            vec![(HeaderName::from_static("x-canary"), HeaderValue::from_static("1"))],
+            vec![(
+                HeaderName::from_static("x-canary"),
+                HeaderValue::from_static("1"),
+            )],
         );
         let mut h = http::HeaderMap::new();
         h.insert("x-canary", HeaderValue::from_static("1"));
         let get = Method::GET;
         assert_eq!(m.check(&input(&get, "eu.shop.local", "/api/x", &h)), Ok(()));
-        assert!(matches!(m.check(&input(&get, "shop.local", "/api/x", &h)), Err(Mismatch::Host(_))));
-        assert!(matches!(m.check(&input(&get, "a.b.shop.local", "/api/x", &h)), Err(Mismatch::Host(_))));
-        assert!(matches!(m.check(&input(&get, "eu.shop.local", "/apix", &h)), Err(Mismatch::PathPrefix(_))));
-        assert_eq!(m.check(&input(&Method::POST, "eu.shop.local", "/api", &h)), Err(Mismatch::Method));
+        assert!(matches!(
+            m.check(&input(&get, "shop.local", "/api/x", &h)),
+            Err(Mismatch::Host(_))
+        ));
+        assert!(matches!(
+            m.check(&input(&get, "a.b.shop.local", "/api/x", &h)),
+            Err(Mismatch::Host(_))
+        ));
+        assert!(matches!(
+            m.check(&input(&get, "eu.shop.local", "/apix", &h)),
+            Err(Mismatch::PathPrefix(_))
+        ));
+        assert_eq!(
+            m.check(&input(&Method::POST, "eu.shop.local", "/api", &h)),
+            Err(Mismatch::Method)
+        );
         let empty = http::HeaderMap::new();
-        assert!(matches!(m.check(&input(&get, "eu.shop.local", "/api", &empty)), Err(Mismatch::Header(_))));
+        assert!(matches!(
+            m.check(&input(&get, "eu.shop.local", "/api", &empty)),
+            Err(Mismatch::Header(_))
+        ));
     }
 
     #[test]

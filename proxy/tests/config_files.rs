@@ -1,0 +1,28 @@
+//! Every YAML file shipped in `config/` must load, validate and compile.
+
+use std::path::Path;
+
+use meshgate::runtime::cluster::EndpointRegistry;
+
+#[test]
+fn shipped_configs_are_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+    let mut checked = 0;
+    let mut stack = vec![dir];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("config dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                if let Err(errors) =
+                    meshgate::server::compile_file(&path, &EndpointRegistry::default())
+                {
+                    panic!("{} is invalid: {errors:#?}", path.display());
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 0, "no config files found");
+}

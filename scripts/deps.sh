@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs the system packages meshgate needs to build and test, when they are missing.
+# Safe to run repeatedly; does nothing when everything is present.
+set -euo pipefail
+
+need=()
+command -v cmake >/dev/null 2>&1 || need+=(cmake)
+command -v cc >/dev/null 2>&1 || need+=(build-essential)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+
+if ((${#need[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    if command -v sudo >/dev/null 2>&1; then SUDO=sudo; else
+      echo "missing packages: ${need[*]} (run as root or install them)" >&2; exit 1
+    fi
+  else SUDO=""; fi
+  echo "installing: ${need[*]}" >&2
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "cargo-nextest not found; tests will run with cargo test" >&2
+fi
