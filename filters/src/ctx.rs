@@ -1,6 +1,7 @@
 //! Per-request state shared by the engine and the filters of one request.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// What the engine knows about a request, visible to every filter on its route.
@@ -20,6 +21,15 @@ pub struct RequestCtx {
     pub started: Instant,
     /// Request body bytes seen so far (counted by the engine before body hooks run).
     pub request_body_bytes: u64,
+    /// Name of the matched route (set by the engine before any filter runs).
+    pub route: Arc<str>,
+    /// Authenticated subject (`sub`), set by an authentication filter (jwt, bff).
+    pub user: Option<Arc<str>>,
+    /// Client name of a verified API key, set by the `api_key` filter.
+    pub api_client: Option<Arc<str>>,
+    /// Per-request state a filter hands from its request hook to its response hook
+    /// (a typed map; costs nothing until a filter inserts something).
+    pub extensions: http::Extensions,
 }
 
 impl Default for RequestCtx {
@@ -30,6 +40,10 @@ impl Default for RequestCtx {
             tls: false,
             started: Instant::now(),
             request_body_bytes: 0,
+            route: Arc::from(""),
+            user: None,
+            api_client: None,
+            extensions: http::Extensions::new(),
         }
     }
 }

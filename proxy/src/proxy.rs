@@ -154,6 +154,7 @@ impl MeshProxy {
             return Err(LocalResponse::error(ErrorKind::NoRoute));
         };
         ctx.route = Some(route.clone());
+        ctx.req.route = route.name.clone();
 
         let peer = session.client_addr().and_then(|a| a.as_inet()).copied();
         for (i, filter) in route.filters.filters().iter().enumerate() {
