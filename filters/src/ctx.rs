@@ -1,8 +1,11 @@
 //! Per-request state shared by the engine and the filters of one request.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Instant;
+
+/// Shared empty name, so creating a context allocates nothing for it.
+static NO_ROUTE: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from(""));
 
 /// What the engine knows about a request, visible to every filter on its route.
 ///
@@ -40,7 +43,7 @@ impl Default for RequestCtx {
             tls: false,
             started: Instant::now(),
             request_body_bytes: 0,
-            route: Arc::from(""),
+            route: NO_ROUTE.clone(),
             user: None,
             api_client: None,
             extensions: http::Extensions::new(),
