@@ -180,3 +180,80 @@ mod tests {
         assert!(serde_json::from_str::<HumanDuration>("30").is_err());
     }
 }
+
+/// A percentage written as `50%` (or a bare number `50`), 0–100, kept as a fraction.
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Default)]
+pub struct Percent(f64);
+
+impl Percent {
+    /// `p` percent; `None` outside 0–100 or not finite.
+    pub fn new(p: f64) -> Option<Self> {
+        (p.is_finite() && (0.0..=100.0).contains(&p)).then_some(Self(p / 100.0))
+    }
+
+    /// The share as a fraction in `0.0..=1.0`.
+    pub fn fraction(self) -> f64 {
+        self.0
+    }
+
+    /// Parses `50%`, `12.5%` or `50`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        let n = t.strip_suffix('%').unwrap_or(t).trim();
+        n.parse::<f64>()
+            .ok()
+            .and_then(Self::new)
+            .ok_or_else(|| format!("invalid percentage {s:?}: expected 0% to 100%"))
+    }
+}
+
+impl fmt::Display for Percent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}%", self.0 * 100.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Percent {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Percent;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a percentage such as \"50%\"")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Percent, E> {
+                Percent::parse(s).map_err(E::custom)
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Percent, E> {
+                Percent::parse(&n.to_string()).map_err(E::custom)
+            }
+            fn visit_f64<E: de::Error>(self, n: f64) -> Result<Percent, E> {
+                Percent::new(n).ok_or_else(|| E::custom(format!("invalid percentage {n}")))
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+impl Serialize for Percent {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+#[cfg(test)]
+mod percent_tests {
+    use super::*;
+
+    #[test]
+    fn percentages_parse_in_range_only() {
+        assert_eq!(Percent::parse("50%").map(Percent::fraction), Ok(0.5));
+        assert_eq!(Percent::parse("12.5%").map(Percent::fraction), Ok(0.125));
+        assert_eq!(Percent::parse("100").map(Percent::fraction), Ok(1.0));
+        for bad in ["101%", "-1%", "abc", "NaN%", ""] {
+            assert!(Percent::parse(bad).is_err(), "{bad}");
+        }
+        let p: Percent = serde_json::from_str("20").expect("bare number");
+        assert_eq!(p.fraction(), 0.2);
+    }
+}

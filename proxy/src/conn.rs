@@ -5,12 +5,15 @@
 //! [`HeaderDeadline`] wraps the transport and fails reads once a request header has been
 //! arriving for longer than `runtime.header_read_timeout`; the proxy tells it when a header
 //! is complete and when the next request may begin. The wrapper sits under Pingora's HTTP
-//! layer, which is the only place that sees bytes before the header is parsed.
+//! layer, which is the only place that sees bytes before the header is parsed — so it also
+//! checks the shape of the request line there: Pingora quietly percent-escapes a request
+//! target containing spaces (`GET /a b c HTTP/1.1`), which an upstream could read
+//! differently, and we refuse such requests instead.
 
 use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -49,6 +52,10 @@ pub struct HeaderDeadline {
     phase: AtomicU8,
     timeout: Duration,
     sleep: Pin<Box<Sleep>>,
+    /// Request-line scan state: spaces seen so far, and whether the line ended.
+    line_spaces: u8,
+    line_done: bool,
+    line_bad: AtomicBool,
 }
 
 impl HeaderDeadline {
@@ -59,6 +66,35 @@ impl HeaderDeadline {
             phase: AtomicU8::new(IDLE),
             timeout,
             sleep: Box::pin(tokio::time::sleep(timeout)),
+            line_spaces: 0,
+            line_done: false,
+            line_bad: AtomicBool::new(false),
+        }
+    }
+
+    /// False when the current request's line was not `METHOD SP TARGET SP VERSION` as the
+    /// client sent it. Streams that are not wrapped (HTTP/2) always pass.
+    pub fn request_line_ok(stream: &Stream) -> bool {
+        Self::find(stream).is_none_or(|d| !d.line_bad.load(Ordering::Relaxed))
+    }
+
+    /// Scans bytes of the request line as they arrive; cheap because it stops at the first
+    /// line feed of each request.
+    fn scan_request_line(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            match b {
+                b'\n' => {
+                    self.line_done = true;
+                    if self.line_spaces != 2 {
+                        self.line_bad.store(true, Ordering::Relaxed);
+                    }
+                    return;
+                }
+                b' ' => self.line_spaces = self.line_spaces.saturating_add(1),
+                b'\r' => {}
+                b if b < 0x20 || b == 0x7f => self.line_bad.store(true, Ordering::Relaxed),
+                _ => {}
+            }
         }
     }
 
@@ -106,19 +142,23 @@ impl AsyncRead for HeaderDeadline {
         }
         let before = buf.filled().len();
         let res = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if phase == IDLE {
-            if let Poll::Ready(Ok(())) = &res {
-                let new = &buf.filled()[before..];
-                if !new.is_empty() {
-                    if new.starts_with(b"PRI * HTTP/2") {
-                        this.phase.store(OFF, Ordering::Relaxed);
-                    } else {
-                        this.phase.store(HEADER, Ordering::Relaxed);
-                        this.sleep.as_mut().reset(Instant::now() + this.timeout);
-                        // Register the timer with this task so a stalled client still wakes us.
-                        let _ = this.sleep.as_mut().poll(cx);
-                    }
+        if let Poll::Ready(Ok(())) = &res {
+            let new = &buf.filled()[before..];
+            if phase == IDLE && !new.is_empty() {
+                if new.starts_with(b"PRI * HTTP/2") {
+                    this.phase.store(OFF, Ordering::Relaxed);
+                } else {
+                    this.phase.store(HEADER, Ordering::Relaxed);
+                    this.sleep.as_mut().reset(Instant::now() + this.timeout);
+                    // Register the timer with this task so a stalled client still wakes us.
+                    let _ = this.sleep.as_mut().poll(cx);
+                    this.line_spaces = 0;
+                    this.line_done = false;
+                    this.line_bad.store(false, Ordering::Relaxed);
                 }
+            }
+            if !this.line_done && this.phase.load(Ordering::Relaxed) == HEADER {
+                this.scan_request_line(&buf.filled()[before..]);
             }
         }
         res

@@ -124,6 +124,13 @@ impl MeshProxy {
         // Framing: Pingora drops Content-Length when Transfer-Encoding is present and keeps
         // the connection open for the body; we refuse such requests outright, because
         // front-end/back-end disagreement on framing is the root of request smuggling.
+        if let Some(stream) = session.as_downstream().stream() {
+            // RFC 9112: a request line is exactly three tokens (see conn.rs for why the
+            // check happens below Pingora's parser).
+            if !HeaderDeadline::request_line_ok(stream) {
+                return Err(LocalResponse::error(ErrorKind::BadRequest));
+            }
+        }
         if req.headers.contains_key(TRANSFER_ENCODING) {
             if let Some(h1) = session.as_downstream().as_http1() {
                 if contains_header_name(&h1.get_headers_raw_bytes(), b"content-length") {

@@ -76,12 +76,10 @@ pub fn load_str(
 ) -> Result<LoadedConfig, Vec<ConfigError>> {
     let doc = yaml::parse(text, env)?;
     let mut errors = Vec::new();
-    let spec = deserialize_sections(&doc.value, &mut errors);
-    let spec = match spec {
-        Some(spec) if errors.is_empty() => spec,
-        _ => return Err(locate_all(&doc.index, errors)),
-    };
-    validate::validate(&spec, base_dir, &mut errors);
+    // Sections that failed to parse are left out (with their errors recorded) and the rest
+    // is still validated, so one run reports type errors and cross-reference errors alike.
+    let (spec, partial) = deserialize_sections(&doc.value, &mut errors);
+    validate::validate(&spec, &partial, base_dir, &mut errors);
     if errors.is_empty() {
         Ok(LoadedConfig {
             spec,
@@ -89,6 +87,31 @@ pub fn load_str(
         })
     } else {
         Err(locate_all(&doc.index, errors))
+    }
+}
+
+/// What could not be parsed, so validation does not report follow-on errors about it.
+#[derive(Debug, Default)]
+pub(crate) struct Partial {
+    /// Clusters whose definition failed to parse (references to them are not "unknown").
+    pub failed_clusters: std::collections::HashSet<String>,
+    /// Some top-level section failed entirely (`clusters`, `listeners`, `service`, …).
+    pub failed_sections: std::collections::HashSet<&'static str>,
+    /// Position in the file of each parsed listener (entries that failed are skipped).
+    pub listener_index: Vec<usize>,
+    /// Position in the file of each parsed route.
+    pub route_index: Vec<usize>,
+}
+
+impl Partial {
+    /// The file position of parsed listener `i`, for error paths.
+    pub fn listener(&self, i: usize) -> usize {
+        self.listener_index.get(i).copied().unwrap_or(i)
+    }
+
+    /// The file position of parsed route `i`, for error paths.
+    pub fn route(&self, i: usize) -> usize {
+        self.route_index.get(i).copied().unwrap_or(i)
     }
 }
 
@@ -131,10 +154,18 @@ fn section<T: DeserializeOwned>(
     }
 }
 
-fn deserialize_sections(root: &Value, errors: &mut Vec<ConfigError>) -> Option<ConfigSpec> {
-    let Some(map) = root.as_object() else {
-        errors.push(ConfigError::new("", "the config must be a YAML mapping"));
-        return None;
+fn deserialize_sections(root: &Value, errors: &mut Vec<ConfigError>) -> (ConfigSpec, Partial) {
+    let mut partial = Partial::default();
+    let empty = serde_json::Map::new();
+    let map = match root.as_object() {
+        Some(m) => m,
+        None => {
+            errors.push(ConfigError::new("", "the config must be a YAML mapping"));
+            partial
+                .failed_sections
+                .extend(spec::TOP_LEVEL_KEYS.iter().copied());
+            &empty
+        }
     };
     for key in map.keys() {
         if !spec::TOP_LEVEL_KEYS.contains(&key.as_str()) {
@@ -147,34 +178,51 @@ fn deserialize_sections(root: &Value, errors: &mut Vec<ConfigError>) -> Option<C
             ));
         }
     }
-    let required = |name: &str, errors: &mut Vec<ConfigError>| {
-        let v = map.get(name);
-        if v.is_none() {
+    let mut take = |name: &'static str, required: bool, errors: &mut Vec<ConfigError>| {
+        let v = map.get(name).filter(|v| !v.is_null());
+        if v.is_none() && required && root.is_object() {
             errors.push(ConfigError::new(
                 "",
                 format!("missing required key `{name}`"),
             ));
+            partial.failed_sections.insert(name);
         }
         v
     };
-    let mode = required("mode", errors).and_then(|v| section(v, "mode", errors));
-    let service = required("service", errors).and_then(|v| section(v, "service", errors));
-    let trusted_proxies = opt_section(map.get("trusted_proxies"), "trusted_proxies", errors);
-    let admin = opt_section(map.get("admin"), "admin", errors);
-    let runtime = opt_section(map.get("runtime"), "runtime", errors);
-    let listeners = required("listeners", errors).and_then(|v| list(v, "listeners", errors));
+    let mode = take("mode", true, errors).and_then(|v| section(v, "mode", errors));
+    let service = take("service", true, errors).and_then(|v| section(v, "service", errors));
+    let trusted_proxies =
+        take("trusted_proxies", false, errors).map(|v| section(v, "trusted_proxies", errors));
+    let admin = take("admin", false, errors).map(|v| section(v, "admin", errors));
+    let runtime = take("runtime", false, errors).map(|v| section(v, "runtime", errors));
+    let listeners = take("listeners", true, errors).map(|v| list(v, "listeners", errors));
+    let clusters_value = take("clusters", false, errors);
+    let routes_value = take("routes", false, errors);
 
-    let mut clusters = Some(std::collections::BTreeMap::new());
-    match map.get("clusters") {
-        None | Some(Value::Null) => {}
+    let mut failed = |name: &'static str, ok: bool| {
+        if !ok {
+            partial.failed_sections.insert(name);
+        }
+    };
+    failed("mode", mode.is_some());
+    failed("service", service.is_some());
+    failed("trusted_proxies", !matches!(trusted_proxies, Some(None)));
+    failed("admin", !matches!(admin, Some(None)));
+    failed("runtime", !matches!(runtime, Some(None)));
+    failed("listeners", !matches!(listeners, Some((_, _, true))));
+
+    let mut clusters = std::collections::BTreeMap::new();
+    match clusters_value {
+        None => {}
         Some(Value::Object(entries)) => {
             for (name, v) in entries {
-                let c = section(v, &child_key("clusters", name), errors);
-                match (c, clusters.as_mut()) {
-                    (Some(c), Some(all)) => {
-                        all.insert(name.clone(), c);
+                match section(v, &child_key("clusters", name), errors) {
+                    Some(c) => {
+                        clusters.insert(name.clone(), c);
                     }
-                    _ => clusters = None,
+                    None => {
+                        partial.failed_clusters.insert(name.clone());
+                    }
                 }
             }
         }
@@ -183,71 +231,75 @@ fn deserialize_sections(root: &Value, errors: &mut Vec<ConfigError>) -> Option<C
                 "clusters",
                 "expected a mapping of cluster names",
             ));
-            clusters = None;
+            partial.failed_sections.insert("clusters");
         }
     }
 
-    let routes = match map.get("routes") {
-        None | Some(Value::Null) => Some(Vec::new()),
+    let mut routes = Vec::new();
+    match routes_value {
+        None => {}
         Some(Value::Array(items)) => {
-            let mut out = Some(Vec::with_capacity(items.len()));
             for (i, item) in items.iter().enumerate() {
-                let r = route(item, &child_index("routes", i), errors);
-                match (r, out.as_mut()) {
-                    (Some(r), Some(all)) => all.push(r),
-                    _ => out = None,
+                match route(item, &child_index("routes", i), errors) {
+                    Some(r) => {
+                        routes.push(r);
+                        partial.route_index.push(i);
+                    }
+                    None => {
+                        partial.failed_sections.insert("routes");
+                    }
                 }
             }
-            out
         }
         Some(_) => {
             errors.push(ConfigError::new("routes", "expected a list of routes"));
-            None
+            partial.failed_sections.insert("routes");
         }
-    };
-
-    Some(ConfigSpec {
-        mode: mode?,
-        service: service?,
-        trusted_proxies: trusted_proxies?.unwrap_or_default(),
-        listeners: listeners?,
-        admin: admin?,
-        runtime: runtime?.unwrap_or_default(),
-        clusters: clusters?,
-        routes: routes?,
-    })
-}
-
-/// An optional section: `Some(None)` when absent or null, `None` when it failed.
-fn opt_section<T: DeserializeOwned>(
-    value: Option<&Value>,
-    base: &str,
-    errors: &mut Vec<ConfigError>,
-) -> Option<Option<T>> {
-    match value {
-        None | Some(Value::Null) => Some(None),
-        Some(v) => section(v, base, errors).map(Some),
     }
+
+    let spec = ConfigSpec {
+        mode: mode.unwrap_or(spec::Mode::Edge),
+        service: service.unwrap_or_default(),
+        trusted_proxies: trusted_proxies.flatten().unwrap_or_default(),
+        listeners: match listeners {
+            Some((l, idx, _)) => {
+                partial.listener_index = idx;
+                l
+            }
+            None => Vec::new(),
+        },
+        admin: admin.flatten(),
+        runtime: runtime.flatten().unwrap_or_default(),
+        clusters,
+        routes,
+    };
+    (spec, partial)
 }
 
+/// Each element on its own: returns the elements that parsed, their positions in the
+/// list, and whether any failed.
 fn list<T: DeserializeOwned>(
     value: &Value,
     base: &str,
     errors: &mut Vec<ConfigError>,
-) -> Option<Vec<T>> {
+) -> (Vec<T>, Vec<usize>, bool) {
     let Some(items) = value.as_array() else {
         errors.push(ConfigError::new(base, "expected a list"));
-        return None;
+        return (Vec::new(), Vec::new(), true);
     };
-    let mut out = Some(Vec::with_capacity(items.len()));
+    let mut out = Vec::with_capacity(items.len());
+    let mut index = Vec::with_capacity(items.len());
+    let mut failed = false;
     for (i, item) in items.iter().enumerate() {
-        let v = section(item, &child_index(base, i), errors);
-        match (v, out.as_mut()) {
-            (Some(v), Some(all)) => all.push(v),
-            _ => out = None,
+        match section(item, &child_index(base, i), errors) {
+            Some(v) => {
+                out.push(v);
+                index.push(i);
+            }
+            None => failed = true,
         }
     }
-    out
+    (out, index, failed)
 }
 
 /// A route is deserialized without its filters, then each filter on its own, so a typo in
@@ -262,10 +314,16 @@ fn route(value: &Value, base: &str, errors: &mut Vec<ConfigError>) -> Option<spe
     let route: Option<spec::RouteSpec> = section(&Value::Object(without_filters), base, errors);
     let filters = match filters {
         None | Some(Value::Null) => Some(Vec::new()),
-        Some(v) => list(&v, &child_key(base, "filters"), errors),
+        Some(v) => match list(&v, &child_key(base, "filters"), errors) {
+            (f, _, false) => Some(f),
+            // The config is already rejected by the filter's own error; the route is still
+            // validated for its target and match, but without filters that would be
+            // misnumbered.
+            (_, _, true) => None,
+        },
     };
     let mut route = route?;
-    route.filters = filters?;
+    route.filters = filters.unwrap_or_default();
     Some(route)
 }
 

@@ -195,3 +195,39 @@ fn redaction_hides_secrets_and_url_passwords() {
         "{text}"
     );
 }
+
+#[test]
+fn type_errors_do_not_hide_cross_reference_errors() {
+    let text = VALID
+        .replace("    to: orders", "    to: ordrs\n    timeout: 30 parsecs")
+        .replace("service: edge", "service: edge\nmax_conns: 5");
+    let errs = errors(&text);
+    let shown: Vec<String> = errs.iter().map(ToString::to_string).collect();
+    assert!(has(&errs, "max_conns", "unknown key"), "{shown:#?}");
+    assert!(
+        has(&errs, "routes[0].timeout", "invalid duration"),
+        "{shown:#?}"
+    );
+    // The route failed to parse, so its target is checked by the route's own error only;
+    // a second route with a bad target is still reported.
+    let text = format!("{text}  - name: other\n    to: nowhere\n");
+    let errs = errors(&text);
+    assert!(has(&errs, "routes[1].to", "unknown cluster"), "{:#?}", errs);
+}
+
+#[test]
+fn a_broken_cluster_is_not_also_reported_as_unknown() {
+    let text = VALID.replace(
+        "    endpoints: [\"${BACKEND}\"]",
+        "    endpoints: [\"${BACKEND}\"]\n    connect_timeout: never",
+    );
+    let errs = errors(&text);
+    assert!(
+        has(&errs, "clusters.orders.connect_timeout", "invalid duration"),
+        "{errs:#?}"
+    );
+    assert!(
+        !errs.iter().any(|e| e.message.contains("unknown cluster")),
+        "{errs:#?}"
+    );
+}

@@ -10,13 +10,20 @@ use std::time::Duration;
 use super::error::ConfigError;
 use super::spec::{ConfigSpec, MatchSpec, RouteSpec};
 use super::yaml::{child_index, child_key};
+use super::Partial;
 use crate::normalize::normalize_path;
 
 /// Runs every semantic check on `spec`, appending problems to `errors`.
-pub(super) fn validate(spec: &ConfigSpec, base_dir: &Path, errors: &mut Vec<ConfigError>) {
+pub(super) fn validate(
+    spec: &ConfigSpec,
+    partial: &Partial,
+    base_dir: &Path,
+    errors: &mut Vec<ConfigError>,
+) {
     let mut err = |path: String, msg: String| errors.push(ConfigError::new(path, msg));
+    let failed = |section: &str| partial.failed_sections.contains(section);
 
-    if spec.service.trim().is_empty() {
+    if spec.service.trim().is_empty() && !failed("service") {
         err("service".into(), "must not be empty".into());
     }
     for (i, cidr) in spec.trusted_proxies.iter().enumerate() {
@@ -29,7 +36,7 @@ pub(super) fn validate(spec: &ConfigSpec, base_dir: &Path, errors: &mut Vec<Conf
     }
 
     // Listeners.
-    if spec.listeners.is_empty() {
+    if spec.listeners.is_empty() && !failed("listeners") {
         err(
             "listeners".into(),
             "at least one listener is required".into(),
@@ -38,7 +45,7 @@ pub(super) fn validate(spec: &ConfigSpec, base_dir: &Path, errors: &mut Vec<Conf
     let mut names = HashSet::new();
     let mut addrs = HashSet::new();
     for (i, l) in spec.listeners.iter().enumerate() {
-        let base = child_index("listeners", i);
+        let base = child_index("listeners", partial.listener(i));
         if !valid_name(&l.name) {
             err(child_key(&base, "name"), name_rule(&l.name));
         } else if !names.insert(l.name.as_str()) {
@@ -196,7 +203,7 @@ pub(super) fn validate(spec: &ConfigSpec, base_dir: &Path, errors: &mut Vec<Conf
     // Routes.
     let mut route_names = HashSet::new();
     for (i, r) in spec.routes.iter().enumerate() {
-        let base = child_index("routes", i);
+        let base = child_index("routes", partial.route(i));
         if !valid_name(&r.name) {
             err(child_key(&base, "name"), name_rule(&r.name));
         } else if !route_names.insert(r.name.as_str()) {
@@ -207,7 +214,7 @@ pub(super) fn validate(spec: &ConfigSpec, base_dir: &Path, errors: &mut Vec<Conf
         }
         check_match(&r.matcher, &child_key(&base, "match"), &mut err);
         check_rewrite(r, &base, &mut err);
-        check_target(spec, r, &base, &mut err);
+        check_target(spec, partial, r, &base, &mut err);
         if r.timeout.get().is_zero() {
             err(
                 child_key(&base, "timeout"),
@@ -278,12 +285,17 @@ fn check_rewrite(r: &RouteSpec, base: &str, err: &mut impl FnMut(String, String)
 
 fn check_target(
     spec: &ConfigSpec,
+    partial: &Partial,
     r: &RouteSpec,
     base: &str,
     err: &mut impl FnMut(String, String),
 ) {
     let unknown = |name: &str| -> Option<String> {
-        if spec.clusters.contains_key(name) {
+        // A cluster that exists but failed to parse already has its own error.
+        if spec.clusters.contains_key(name)
+            || partial.failed_clusters.contains(name)
+            || partial.failed_sections.contains("clusters")
+        {
             None
         } else {
             Some(format!(
