@@ -8,6 +8,7 @@
 //! keeps error bodies, CORS headers and request ids consistent however a request ends.
 
 pub mod body_limit;
+pub mod fault;
 mod ctx;
 mod error;
 mod filter;

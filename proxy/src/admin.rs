@@ -120,7 +120,7 @@ impl ServeHttp for AdminApp {
                 let rt = self.runtime.load();
                 json_reply(
                     200,
-                    &json!({ "generation": rt.generation, "config": crate::config::redacted(&rt.spec) }),
+                    &json!({ "generation": rt.generation, "config": crate::config::redacted(&rt.spec, &rt.templates) }),
                 )
             }
             "/routes" => json_reply(200, &routes_json(&self.runtime.load())),

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::ConfigError;
-use crate::runtime::cluster::EndpointRegistry;
+use crate::runtime::SharedState;
 
 /// meshgate — edge gateway and sidecar proxy.
 #[derive(Debug, Parser)]
@@ -69,7 +69,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Validate { files } => {
             let mut failed = false;
             for file in &files {
-                match crate::server::compile_file(file, &EndpointRegistry::default()) {
+                match crate::server::compile_file(file, &SharedState::default()) {
                     Ok(rt) => println!(
                         "{}: ok ({} listeners, {} clusters, {} routes)",
                         file.display(),
@@ -95,7 +95,7 @@ pub fn main(cli: Cli) -> ExitCode {
             url,
             headers,
         } => {
-            let rt = match crate::server::compile_file(&config, &EndpointRegistry::default()) {
+            let rt = match crate::server::compile_file(&config, &SharedState::default()) {
                 Ok(rt) => rt,
                 Err(errors) => {
                     print_errors(&config, &errors);

@@ -1,5 +1,9 @@
 //! Process lifecycle: signals, draining on SIGTERM, and the exit once in-flight work is done.
 //!
+//! SIGQUIT, which Pingora uses to hand listening sockets to a new process, is treated like
+//! SIGTERM: meshgate has no command that would receive them, and a socket handed to
+//! whatever listens on Pingora's default upgrade path would be a hazard.
+//!
 //! Pingora's graceful shutdown stops the listeners and then always sleeps the full grace
 //! period before stopping its runtimes. We keep its listener handling but exit as soon as
 //! no request is in flight, so a rolling restart takes as long as the slowest request,
@@ -21,7 +25,7 @@ pub fn is_draining() -> bool {
     DRAINING.load(Ordering::Relaxed)
 }
 
-/// Watches SIGTERM (graceful), SIGINT (fast) and SIGQUIT (graceful upgrade) for Pingora.
+/// Watches SIGTERM and SIGQUIT (graceful: drain, then exit) and SIGINT (fast) for Pingora.
 pub struct Signals {
     /// Upper bound on draining.
     pub grace_period: Duration,
@@ -50,9 +54,10 @@ impl ShutdownSignalWatch for Signals {
                 ShutdownSignal::FastShutdown
             }
             _ = quit.recv() => {
-                tracing::info!("SIGQUIT: handing listeners to the new process");
+                tracing::info!(grace_period = ?self.grace_period, "SIGQUIT: draining in-flight requests (no socket hand-over)");
                 DRAINING.store(true, Ordering::Relaxed);
-                ShutdownSignal::GracefulUpgrade
+                spawn_exit_when_idle(self.grace_period);
+                ShutdownSignal::GracefulTerminate
             }
         }
     }

@@ -36,6 +36,18 @@ pub struct Metrics {
     pub endpoint_healthy: IntGaugeVec,
     /// `meshgate_health_checks_total{cluster,result}`: probes by outcome.
     pub health_checks: IntCounterVec,
+    /// `meshgate_retries_total{route,reason}`: retry attempts started.
+    pub retries: IntCounterVec,
+    /// `meshgate_retry_budget_exhausted_total{route}`: retries refused by the budget.
+    pub retry_budget_exhausted: IntCounterVec,
+    /// `meshgate_upstream_timeouts_total{route,cluster}`: attempts that timed out.
+    pub timeouts: IntCounterVec,
+    /// `meshgate_circuit_breaker_state{cluster,endpoint}`: 0 closed, 1 open, 2 half-open.
+    pub breaker_state: IntGaugeVec,
+    /// `meshgate_circuit_breaker_transitions_total{cluster,endpoint,to}`.
+    pub breaker_transitions: IntCounterVec,
+    /// `meshgate_outlier_ejections_total{cluster,endpoint}`.
+    pub ejections: IntCounterVec,
 }
 
 // The metric definitions are constants; a failure here is a programming error caught by the
@@ -120,6 +132,54 @@ fn build() -> Metrics {
         &["cluster", "result"],
     )
     .expect("metric");
+    let retries = IntCounterVec::new(
+        Opts::new(
+            "meshgate_retries_total",
+            "Retry attempts by route and reason.",
+        ),
+        &["route", "reason"],
+    )
+    .expect("metric");
+    let retry_budget_exhausted = IntCounterVec::new(
+        Opts::new(
+            "meshgate_retry_budget_exhausted_total",
+            "Retries refused because the route's retry budget was spent.",
+        ),
+        &["route"],
+    )
+    .expect("metric");
+    let timeouts = IntCounterVec::new(
+        Opts::new(
+            "meshgate_upstream_timeouts_total",
+            "Upstream attempts that timed out.",
+        ),
+        &["route", "cluster"],
+    )
+    .expect("metric");
+    let breaker_state = IntGaugeVec::new(
+        Opts::new(
+            "meshgate_circuit_breaker_state",
+            "Circuit breaker state per endpoint: 0 closed, 1 open, 2 half-open.",
+        ),
+        &["cluster", "endpoint"],
+    )
+    .expect("metric");
+    let breaker_transitions = IntCounterVec::new(
+        Opts::new(
+            "meshgate_circuit_breaker_transitions_total",
+            "Circuit breaker state changes by new state.",
+        ),
+        &["cluster", "endpoint", "to"],
+    )
+    .expect("metric");
+    let ejections = IntCounterVec::new(
+        Opts::new(
+            "meshgate_outlier_ejections_total",
+            "Endpoints ejected by outlier detection.",
+        ),
+        &["cluster", "endpoint"],
+    )
+    .expect("metric");
     for c in [
         Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
         Box::new(duration.clone()),
@@ -132,6 +192,12 @@ fn build() -> Metrics {
         Box::new(reloads.clone()),
         Box::new(endpoint_healthy.clone()),
         Box::new(health_checks.clone()),
+        Box::new(retries.clone()),
+        Box::new(retry_budget_exhausted.clone()),
+        Box::new(timeouts.clone()),
+        Box::new(breaker_state.clone()),
+        Box::new(breaker_transitions.clone()),
+        Box::new(ejections.clone()),
     ] {
         registry.register(c).expect("register");
     }
@@ -151,6 +217,12 @@ fn build() -> Metrics {
         reloads,
         endpoint_healthy,
         health_checks,
+        retries,
+        retry_budget_exhausted,
+        timeouts,
+        breaker_state,
+        breaker_transitions,
+        ejections,
     }
 }
 

@@ -9,6 +9,7 @@
 use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -26,7 +27,8 @@ use crate::conn::HeaderDeadline;
 use crate::forwarding::{self, TraceParent};
 use crate::metrics::{status_class, METRICS};
 use crate::normalize::normalize_path;
-use crate::runtime::cluster::{Cluster, InFlight};
+use crate::runtime::cluster::{Cluster, InFlight, Outcome, Pick};
+use crate::runtime::resilience::retry::{is_retryable_request, RetryReason};
 use crate::runtime::router::{Route, RouteInput};
 use crate::runtime::Runtime;
 
@@ -35,6 +37,9 @@ const TRACEPARENT: &str = "traceparent";
 /// Pingora custom error type used to carry an [`ErrorKind`] decided by the engine to
 /// `fail_to_proxy`, which is where the response writer runs for errors.
 const LOCAL: &str = "meshgate_local";
+/// Pingora custom error type carrying "the upstream answered a status the route retries";
+/// raised in `upstream_response_filter`, before anything reaches the client.
+const RETRY_STATUS: &str = "meshgate_retry_status";
 
 /// Per-request state of the engine (the filters' [`RequestCtx`] plus what only the engine uses).
 pub struct Ctx {
@@ -56,6 +61,18 @@ pub struct Ctx {
     local: Option<LocalResponse>,
     counted: bool,
     traceparent: Option<TraceParent>,
+    /// End of the route's time budget for the whole exchange, retries included.
+    deadline: Option<Instant>,
+    /// The request may be retried (policy present, idempotent or keyed).
+    retryable: bool,
+    /// The current attempt is a half-open breaker probe.
+    probe: bool,
+    /// The current attempt's outcome has not been recorded yet.
+    attempt_open: bool,
+    /// Why the last attempt was retried, for the access log.
+    retry_reason: Option<RetryReason>,
+    /// Why a retry that the policy allowed did not happen, for the access log.
+    retry_skipped: Option<&'static str>,
 }
 
 impl Ctx {
@@ -75,7 +92,86 @@ impl Ctx {
             local: None,
             counted: false,
             traceparent: None,
+            deadline: None,
+            retryable: false,
+            probe: false,
+            attempt_open: false,
+            retry_reason: None,
+            retry_skipped: None,
         }
+    }
+
+    /// Records the outcome of the attempt in flight (once) with the cluster's breaker and
+    /// outlier detection, and marks a failed endpoint so a retry avoids it.
+    fn record_attempt(&mut self, outcome: Outcome) {
+        if !self.attempt_open {
+            return;
+        }
+        self.attempt_open = false;
+        self.in_flight = None;
+        if let (Some(cluster), Some(i)) = (&self.cluster, self.endpoint) {
+            cluster.record(i, outcome, self.probe, Instant::now());
+            let failed = match outcome {
+                Outcome::Failure => true,
+                Outcome::Status(s) => s >= 500,
+            };
+            if failed && !self.failed.contains(&i) {
+                self.failed.push(i);
+            }
+        }
+    }
+
+    /// Whether one more attempt may be made for `reason` right now. Takes a unit of the
+    /// route's retry budget when it says yes.
+    fn may_retry(&mut self, session: &Session, reason: RetryReason, status: Option<u16>) -> bool {
+        let Some(route) = self.route.clone() else {
+            return false;
+        };
+        let Some(policy) = route.retry.as_ref() else {
+            return false;
+        };
+        let wanted = match status {
+            Some(s) => policy.retries_status(s),
+            None => policy.retries(reason),
+        };
+        if !wanted {
+            return false;
+        }
+        if !self.retryable {
+            self.retry_skipped = Some("not_idempotent");
+            return false;
+        }
+        if self.attempts >= policy.attempts {
+            self.retry_skipped = Some("attempts_exhausted");
+            return false;
+        }
+        if session.response_written().is_some() {
+            self.retry_skipped = Some("response_started");
+            return false;
+        }
+        if session.as_ref().retry_buffer_truncated() {
+            self.retry_skipped = Some("body_over_64KiB");
+            return false;
+        }
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            self.retry_skipped = Some("deadline");
+            return false;
+        }
+        if !policy.budget.try_retry(policy.budget_ratio, Instant::now()) {
+            self.retry_skipped = Some("budget_exhausted");
+            METRICS
+                .retry_budget_exhausted
+                .with_label_values(&[&route.name])
+                .inc();
+            return false;
+        }
+        METRICS
+            .retries
+            .with_label_values(&[&route.name, reason.label()])
+            .inc();
+        self.retry_reason = Some(reason);
+        self.retry_skipped = None;
+        true
     }
 
     fn route_name(&self) -> &str {
@@ -162,6 +258,8 @@ impl MeshProxy {
         };
         ctx.route = Some(route.clone());
         ctx.req.route = route.name.clone();
+        ctx.deadline = Some(ctx.req.started + route.timeout);
+        ctx.retryable = route.retry.is_some() && is_retryable_request(&req.method, &req.headers);
 
         let peer = session.client_addr().and_then(|a| a.as_inet()).copied();
         for (i, filter) in route.filters.filters().iter().enumerate() {
@@ -299,6 +397,7 @@ fn classify(e: &Error) -> Option<ErrorKind> {
     use ErrorType::*;
     match e.etype() {
         Custom(LOCAL) => None,
+        Custom(RETRY_STATUS) => Some(ErrorKind::BadGateway),
         HTTPStatus(413) => Some(ErrorKind::PayloadTooLarge),
         HTTPStatus(400) | InvalidHTTPHeader | H2Downgrade | InvalidH2 => match e.esource() {
             ErrorSource::Upstream => Some(ErrorKind::BadGateway),
@@ -384,23 +483,68 @@ impl ProxyHttp for MeshProxy {
             ctx.local = Some(LocalResponse::error(ErrorKind::Internal));
             return Err(local_error());
         };
-        let headers = &session.req_header().headers;
-        let Some(i) = cluster.pick(&ctx.failed, |name| headers.get(name).map(|v| v.as_bytes()))
-        else {
-            ctx.local = Some(LocalResponse::error(ErrorKind::NoHealthyUpstream));
+        let deadline = ctx
+            .deadline
+            .unwrap_or_else(|| Instant::now() + route.timeout);
+        if ctx.attempts > 0 {
+            if let Some(policy) = &route.retry {
+                let pause = policy
+                    .backoff(ctx.attempts + 1)
+                    .min(deadline.saturating_duration_since(Instant::now()));
+                if !pause.is_zero() {
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        } else if let Some(policy) = &route.retry {
+            policy.budget.record_request(Instant::now());
+        }
+        let now = Instant::now();
+        let remaining = deadline.saturating_duration_since(now);
+        if remaining.is_zero() {
+            ctx.local = Some(LocalResponse::error(ErrorKind::GatewayTimeout));
             return Err(local_error());
+        }
+        let headers = &session.req_header().headers;
+        let (i, probe) = match cluster.choose(&ctx.failed, now, |name| {
+            headers.get(name).map(|v| v.as_bytes())
+        }) {
+            Pick::Endpoint { index, probe } => (index, probe),
+            Pick::BreakerOpen { retry_after } => {
+                let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                ctx.local = Some(
+                    LocalResponse::error(ErrorKind::NoHealthyUpstream)
+                        .with_header(http::header::RETRY_AFTER, HeaderValue::from(secs))
+                        .with_header(
+                            http::HeaderName::from_static("x-meshgate-breaker"),
+                            HeaderValue::from_static("open"),
+                        ),
+                );
+                return Err(local_error());
+            }
+            Pick::NoneHealthy => {
+                ctx.local = Some(LocalResponse::error(ErrorKind::NoHealthyUpstream));
+                return Err(local_error());
+            }
         };
         let Some(ep) = cluster.endpoints.get(i) else {
             ctx.local = Some(LocalResponse::error(ErrorKind::Internal));
             return Err(local_error());
         };
         ctx.endpoint = Some(i);
+        ctx.probe = probe;
+        ctx.attempt_open = true;
         ctx.attempts += 1;
         ctx.in_flight = Some(InFlight::start(&ep.state));
+        let per_try = route
+            .retry
+            .as_ref()
+            .and_then(|p| p.per_try_timeout)
+            .unwrap_or(route.timeout)
+            .min(remaining);
         let mut peer = HttpPeer::new(ep.addr, false, String::new());
-        peer.options.connection_timeout = Some(cluster.connect_timeout);
-        peer.options.read_timeout = Some(route.timeout);
-        peer.options.write_timeout = Some(route.timeout);
+        peer.options.connection_timeout = Some(cluster.connect_timeout.min(remaining));
+        peer.options.read_timeout = Some(per_try);
+        peer.options.write_timeout = Some(per_try);
         if cluster.protocol == crate::config::spec::ProtocolSpec::H2 {
             peer.options.alpn = ALPN::H2;
         }
@@ -546,9 +690,34 @@ impl ProxyHttp for MeshProxy {
         Ok(())
     }
 
+    /// Status-code retries happen here: the upstream's response header has arrived but
+    /// nothing has been sent downstream yet, so raising a retryable error makes Pingora
+    /// drop this response and run `upstream_peer` again (see docs/phases.md, "Retries").
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let status = upstream_response.status.as_u16();
+        if upstream_response.status.is_informational() {
+            return Ok(());
+        }
+        ctx.record_attempt(Outcome::Status(status));
+        if ctx.may_retry(session, RetryReason::Status, Some(status)) {
+            let mut e = Error::explain(
+                ErrorType::Custom(RETRY_STATUS),
+                format!("upstream answered {status}"),
+            );
+            e.set_retry(true);
+            return Err(e);
+        }
+        Ok(())
+    }
+
     fn fail_to_connect(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _peer: &HttpPeer,
         ctx: &mut Ctx,
         mut e: Box<Error>,
@@ -557,11 +726,66 @@ impl ProxyHttp for MeshProxy {
             .connect_errors
             .with_label_values(&[ctx.cluster_name()])
             .inc();
-        if let Some(i) = ctx.endpoint {
-            ctx.failed.push(i);
+        if matches!(e.etype(), ErrorType::ConnectTimedout) {
+            METRICS
+                .timeouts
+                .with_label_values(&[ctx.route_name(), ctx.cluster_name()])
+                .inc();
         }
-        // Retries are a route policy (the `retry` filter); without one, fail this attempt.
-        e.set_retry(false);
+        ctx.record_attempt(Outcome::Failure);
+        // Nothing was sent, so a retry is safe for any method as far as the upstream is
+        // concerned; the policy still decides.
+        let retry = ctx.may_retry(session, RetryReason::ConnectFailure, None);
+        e.set_retry(retry);
+        e
+    }
+
+    /// Errors after a connection was made: a status the route retries (raised above), a
+    /// timeout or a reset. Without a retry policy, Pingora's own rule stays: an idempotent
+    /// request that failed on a *reused* keep-alive connection is retried once, because the
+    /// upstream may have closed it just before we wrote.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("peer: {peer}"));
+        if matches!(e.etype(), ErrorType::Custom(RETRY_STATUS)) {
+            return e;
+        }
+        let reason = match e.etype() {
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+                METRICS
+                    .timeouts
+                    .with_label_values(&[ctx.route_name(), ctx.cluster_name()])
+                    .inc();
+                Some(RetryReason::Timeout)
+            }
+            ErrorType::ConnectionClosed
+            | ErrorType::ReadError
+            | ErrorType::WriteError
+            | ErrorType::H2Error => Some(RetryReason::Reset),
+            _ => None,
+        };
+        // Only upstream-side failures say something about the endpoint.
+        if e.esource() == &ErrorSource::Upstream {
+            ctx.record_attempt(Outcome::Failure);
+        }
+        let policy_retry = e.esource() == &ErrorSource::Upstream
+            && reason.is_some_and(|r| ctx.may_retry(session, r, None));
+        if policy_retry {
+            e.set_retry(true);
+        } else if !session.req_header().method.is_idempotent()
+            || session.as_ref().retry_buffer_truncated()
+            || session.response_written().is_some()
+        {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
         e
     }
 
@@ -590,6 +814,14 @@ impl ProxyHttp for MeshProxy {
         if let Some(stream) = session.as_downstream().stream() {
             HeaderDeadline::request_finished(stream);
         }
+        // An attempt without an outcome (client gone mid-exchange) says nothing about the
+        // endpoint; a breaker probe slot it held is given back.
+        if ctx.attempt_open {
+            ctx.attempt_open = false;
+            if let (true, Some(c), Some(i)) = (ctx.probe, &ctx.cluster, ctx.endpoint) {
+                c.cancel_probe(i);
+            }
+        }
         ctx.in_flight = None;
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let elapsed = ctx.req.started.elapsed();
@@ -614,7 +846,11 @@ impl ProxyHttp for MeshProxy {
             }
         }
         let req = session.req_header();
-        let error = e.map(|e| e.to_string());
+        // Local answers carry their own code; Pingora's wrapper text would only repeat it.
+        let error = e.map(|e| match e.etype() {
+            ErrorType::Custom(LOCAL) => String::from("local_response"),
+            _ => e.to_string(),
+        });
         tracing::info!(
             target: "access",
             request_id = %ctx.req.request_id,
@@ -631,6 +867,8 @@ impl ProxyHttp for MeshProxy {
             bytes_sent = session.body_bytes_sent() as u64,
             bytes_received = ctx.req.request_body_bytes,
             attempts = ctx.attempts,
+            retry_reason = ctx.retry_reason.map(RetryReason::label),
+            retry_skipped = ctx.retry_skipped,
             error = error.as_deref(),
         );
         if ctx.counted {

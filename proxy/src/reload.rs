@@ -19,8 +19,8 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::{self, ConfigError, ConfigSpec};
 use crate::metrics::METRICS;
-use crate::runtime::cluster::EndpointRegistry;
 use crate::runtime::Runtime;
+use crate::runtime::SharedState;
 
 /// Why a reload happened (logged).
 #[derive(Debug, Clone, Copy)]
@@ -35,18 +35,14 @@ pub enum Trigger {
 pub struct Reloader {
     path: PathBuf,
     runtime: Arc<ArcSwap<Runtime>>,
-    registry: Arc<EndpointRegistry>,
+    registry: Arc<SharedState>,
     /// Serializes reloads and remembers the last file content applied.
     last: Mutex<Vec<u8>>,
 }
 
 impl Reloader {
     /// A reloader for `path`, whose current content is already serving as `runtime`.
-    pub fn new(
-        path: PathBuf,
-        runtime: Arc<ArcSwap<Runtime>>,
-        registry: Arc<EndpointRegistry>,
-    ) -> Self {
+    pub fn new(path: PathBuf, runtime: Arc<ArcSwap<Runtime>>, registry: Arc<SharedState>) -> Self {
         let last = std::fs::read(&path).unwrap_or_default();
         Self {
             path,
@@ -84,7 +80,10 @@ impl Reloader {
         let generation = current.generation + 1;
         let spec = Arc::new(loaded.spec);
         let rt = match Runtime::compile(spec.clone(), generation, &self.registry) {
-            Ok(rt) => rt,
+            Ok(mut rt) => {
+                rt.templates = loaded.interpolated.clone();
+                rt
+            }
             Err(errs) => {
                 let errs = loaded_locate(&loaded.index, errs);
                 return Err(fail(&self.path, errs));

@@ -22,14 +22,16 @@ use crate::lifecycle::Signals;
 use crate::metrics::METRICS;
 use crate::proxy::{ListenerInfo, MeshProxy};
 use crate::reload::{ReloadService, Reloader};
-use crate::runtime::cluster::EndpointRegistry;
+use crate::runtime::SharedState;
 use crate::runtime::{health, Runtime};
 
 /// Loads, validates and compiles a file into generation 1, with located errors.
-pub fn compile_file(path: &Path, registry: &EndpointRegistry) -> Result<Runtime, Vec<ConfigError>> {
+pub fn compile_file(path: &Path, registry: &SharedState) -> Result<Runtime, Vec<ConfigError>> {
     let loaded = config::load_file(path)?;
     let spec = Arc::new(loaded.spec.clone());
-    Runtime::compile(spec, 1, registry).map_err(|errs| loaded.locate(errs))
+    let mut rt = Runtime::compile(spec, 1, registry).map_err(|errs| loaded.locate(errs))?;
+    rt.templates = loaded.interpolated;
+    Ok(rt)
 }
 
 struct HealthService(Arc<ArcSwap<Runtime>>);
@@ -41,16 +43,45 @@ impl BackgroundService for HealthService {
     }
 }
 
+/// Fails fast when a listener or admin address is taken: Pingora would otherwise retry in
+/// the background and run on without that listener.
+fn check_addresses_free(spec: &crate::config::ConfigSpec) -> Result<(), Vec<ConfigError>> {
+    let mut errors = Vec::new();
+    let admin = spec
+        .admin
+        .iter()
+        .map(|a| ("admin.address".to_string(), a.address.as_str()));
+    let listeners = spec
+        .listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (format!("listeners[{i}].address"), l.address.as_str()));
+    for (path, addr) in listeners.chain(admin) {
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            errors.push(ConfigError::new(
+                path,
+                format!("cannot listen on {addr}: {e}"),
+            ));
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
 /// Starts serving `path` and blocks until the process is told to stop. Returns an error
 /// only for problems found before serving starts.
 pub fn run(path: &Path) -> Result<(), Vec<ConfigError>> {
-    let registry = Arc::new(EndpointRegistry::default());
+    let registry = Arc::new(SharedState::default());
     let rt = compile_file(path, &registry)?;
     let spec = rt.spec.clone();
     let base = path.parent().unwrap_or(Path::new("."));
     let runtime = Arc::new(ArcSwap::from_pointee(rt));
     METRICS.config_generation.set(1);
 
+    check_addresses_free(&spec)?;
     let conf = ServerConf {
         threads: spec.runtime.threads,
         work_stealing: spec.runtime.work_stealing,

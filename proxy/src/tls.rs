@@ -10,6 +10,7 @@ use std::sync::Arc;
 use pingora::listeners::tls::TlsSettings;
 use pingora::tls::sign::CertifiedKey;
 use pingora::tls::{ClientHello, CryptoProvider, ResolvesServerCert};
+use rustls::InconsistentKeys;
 
 use crate::config::spec::TlsSpec;
 
@@ -70,7 +71,26 @@ fn load(base: &Path, cert: &str, key: &str) -> Result<Arc<CertifiedKey>, String>
         .key_provider
         .load_private_key(key)
         .map_err(|e| format!("unusable private key {}: {e}", key_path.display()))?;
-    Ok(Arc::new(CertifiedKey::new(certs, signing)))
+    let ck = CertifiedKey::new(certs, signing);
+    // A key that does not belong to the certificate would only fail at handshake time.
+    match ck.keys_match() {
+        Ok(()) => Ok(Arc::new(ck)),
+        // Some key types cannot expose their public key; nothing to compare then.
+        Err(pingora::tls::RusTlsError::InconsistentKeys(InconsistentKeys::Unknown)) => {
+            Ok(Arc::new(ck))
+        }
+        Err(pingora::tls::RusTlsError::InconsistentKeys(_)) => Err(format!(
+            "private key {} does not match certificate {}",
+            key_path.display(),
+            cert_path.display()
+        )),
+        Err(e) => Err(format!("invalid certificate {}: {e}", cert_path.display())),
+    }
+}
+
+/// Loads a certificate and key pair as a listener would, for `meshgate validate`.
+pub fn check_pair(base: &Path, cert: &str, key: &str) -> Result<(), String> {
+    load(base, cert, key).map(|_| ())
 }
 
 /// Builds the SNI resolver of a listener. Paths are relative to `base`.

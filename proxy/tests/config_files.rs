@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use meshgate::runtime::cluster::EndpointRegistry;
+use meshgate::runtime::SharedState;
 
 #[test]
 fn shipped_configs_are_valid() {
@@ -15,8 +15,7 @@ fn shipped_configs_are_valid() {
             if path.is_dir() {
                 stack.push(path);
             } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
-                if let Err(errors) =
-                    meshgate::server::compile_file(&path, &EndpointRegistry::default())
+                if let Err(errors) = meshgate::server::compile_file(&path, &SharedState::default())
                 {
                     panic!("{} is invalid: {errors:#?}", path.display());
                 }

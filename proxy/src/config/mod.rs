@@ -32,6 +32,8 @@ pub struct LoadedConfig {
     pub spec: ConfigSpec,
     /// Path → position index of the source file.
     pub index: LineIndex,
+    /// Scalars that used `${...}`: their paths and template text (for `/config`).
+    pub interpolated: Vec<(String, String)>,
 }
 
 impl LoadedConfig {
@@ -84,6 +86,7 @@ pub fn load_str(
         Ok(LoadedConfig {
             spec,
             index: doc.index,
+            interpolated: doc.interpolated,
         })
     } else {
         Err(locate_all(&doc.index, errors))
@@ -339,10 +342,12 @@ const SECRET_KEYS: &[&str] = &[
     "token",
 ];
 
-/// The spec as JSON for `/config`, with secret values replaced by `"[redacted]"` and
-/// passwords removed from URLs (`redis://:pw@host` → `redis://:[redacted]@host`).
-pub fn redacted(spec: &ConfigSpec) -> Value {
+/// The spec as JSON for `/config`: values that came from `${...}` are shown as their
+/// template (environment values may be secrets), secret-named keys read `"[redacted]"`, and
+/// passwords are removed from URLs (`redis://:pw@host` → `redis://:[redacted]@host`).
+pub fn redacted(spec: &ConfigSpec, interpolated: &[(String, String)]) -> Value {
     let mut v = serde_json::to_value(spec).unwrap_or(Value::Null);
+    yaml::restore_templates(&mut v, interpolated);
     redact(&mut v);
     v
 }

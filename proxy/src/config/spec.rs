@@ -8,8 +8,9 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use meshgate_filters::fault::FaultSpec;
 use meshgate_filters::headers::HeadersSpec;
-use meshgate_filters::units::{ByteSize, HumanDuration};
+use meshgate_filters::units::{ByteSize, HumanDuration, Percent};
 use serde::{Deserialize, Serialize};
 
 /// Top-level keys accepted in a config file, in documentation order.
@@ -167,6 +168,54 @@ pub struct ClusterSpec {
     /// Active health checking; endpoints are assumed healthy without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheckSpec>,
+    /// Per-endpoint circuit breaker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitBreakerSpec>,
+    /// Passive ejection of endpoints that keep answering 5xx.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierSpec>,
+}
+
+/// `clusters.<name>.circuit_breaker`, tracked per endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreakerSpec {
+    /// Open after this many failures in a row (0 = off).
+    #[serde(default = "five")]
+    pub consecutive_failures: u32,
+    /// Open when failures reach this share of requests in `window` …
+    #[serde(default = "fifty_percent")]
+    pub failure_rate: Percent,
+    /// … measured over this sliding window …
+    #[serde(default = "ten_seconds")]
+    pub window: HumanDuration,
+    /// … once at least this many requests were seen in it.
+    #[serde(default = "twenty")]
+    pub min_requests: u32,
+    /// How long an open breaker rejects requests before probing.
+    #[serde(default = "thirty_seconds")]
+    pub open_for: HumanDuration,
+    /// Requests admitted while half-open; all must succeed to close.
+    #[serde(default = "three")]
+    pub half_open_probes: u32,
+    /// Upstream statuses counted as failures (connect errors, resets and timeouts always are).
+    #[serde(default = "five_xx", skip_serializing_if = "is_five_xx")]
+    pub failure_statuses: Vec<u16>,
+}
+
+/// `clusters.<name>.outlier_detection`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierSpec {
+    /// Eject after this many 5xx answers (or connect failures) in a row.
+    #[serde(default = "five")]
+    pub consecutive_5xx: u32,
+    /// First ejection lasts this long; the n-th lasts n times as long (capped at 300s).
+    #[serde(default = "thirty_seconds")]
+    pub base_ejection: HumanDuration,
+    /// At most this share of the cluster's endpoints is ejected at once (at least one may be).
+    #[serde(default = "ten_percent")]
+    pub max_ejection_percent: Percent,
 }
 
 /// `clusters.<name>.load_balancing`.
@@ -337,6 +386,10 @@ pub enum FilterSpec {
     Headers(HeadersSpec),
     /// Maximum request body size.
     BodyLimit(ByteSize),
+    /// Retry policy of the route (applied by the engine, which owns endpoint choice).
+    Retry(RetrySpec),
+    /// Fault injection for testing.
+    Fault(FaultSpec),
 }
 
 impl FilterSpec {
@@ -345,10 +398,190 @@ impl FilterSpec {
         match self {
             FilterSpec::Headers(_) => "headers",
             FilterSpec::BodyLimit(_) => "body_limit",
+            FilterSpec::Retry(_) => "retry",
+            FilterSpec::Fault(_) => "fault",
         }
     }
 }
 
+/// `routes[].filters[].retry`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySpec {
+    /// Total tries including the first (1 = no retry).
+    #[serde(default = "three")]
+    pub attempts: u32,
+    /// Limit on each try (the route `timeout` still bounds the whole exchange).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_try_timeout: Option<HumanDuration>,
+    /// Exponential backoff with full jitter between tries: `BASE..MAX`.
+    #[serde(default)]
+    pub backoff: BackoffSpec,
+    /// What is retried: `connect_failure`, `reset`, `timeout` and status codes.
+    #[serde(default = "default_retry_on")]
+    pub on: Vec<RetryOnSpec>,
+    /// Retries may add at most this share of the route's requests over 10 s (plus 10/s).
+    #[serde(default = "twenty_percent")]
+    pub budget: Percent,
+}
+
+/// `BASE..MAX`, e.g. `25ms..250ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackoffSpec {
+    /// First backoff ceiling.
+    pub base: std::time::Duration,
+    /// Largest backoff ceiling.
+    pub max: std::time::Duration,
+}
+
+impl Default for BackoffSpec {
+    fn default() -> Self {
+        Self {
+            base: std::time::Duration::from_millis(25),
+            max: std::time::Duration::from_millis(250),
+        }
+    }
+}
+
+impl fmt::Display for BackoffSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}..{}",
+            humantime::format_duration(self.base),
+            humantime::format_duration(self.max)
+        )
+    }
+}
+
+impl Serialize for BackoffSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for BackoffSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let parse = |p: &str| humantime::parse_duration(p.trim());
+        let (base, max) = s.split_once("..").ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "invalid backoff {s:?}: expected BASE..MAX such as 25ms..250ms"
+            ))
+        })?;
+        match (parse(base), parse(max)) {
+            (Ok(base), Ok(max)) if base <= max => Ok(Self { base, max }),
+            (Ok(_), Ok(_)) => Err(serde::de::Error::custom(format!(
+                "invalid backoff {s:?}: BASE must not exceed MAX"
+            ))),
+            _ => Err(serde::de::Error::custom(format!(
+                "invalid backoff {s:?}: expected BASE..MAX such as 25ms..250ms"
+            ))),
+        }
+    }
+}
+
+/// One retry condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryOnSpec {
+    /// The connection to the endpoint could not be made (refused, unreachable, connect timeout).
+    ConnectFailure,
+    /// The connection broke before a response header arrived.
+    Reset,
+    /// No response within `per_try_timeout`.
+    Timeout,
+    /// The upstream answered with this status.
+    Status(u16),
+}
+
+impl fmt::Display for RetryOnSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ConnectFailure => f.write_str("connect_failure"),
+            Self::Reset => f.write_str("reset"),
+            Self::Timeout => f.write_str("timeout"),
+            Self::Status(s) => write!(f, "{s}"),
+        }
+    }
+}
+
+impl Serialize for RetryOnSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Status(code) => s.serialize_u16(*code),
+            other => s.collect_str(other),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RetryOnSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = serde_json::Value::deserialize(d)?;
+        let bad = || {
+            serde::de::Error::custom(format!(
+                "invalid retry condition {v}: expected connect_failure, reset, timeout or a status code 500-599"
+            ))
+        };
+        match &v {
+            serde_json::Value::String(s) => match s.as_str() {
+                "connect_failure" => Ok(Self::ConnectFailure),
+                "reset" => Ok(Self::Reset),
+                "timeout" => Ok(Self::Timeout),
+                other => other
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|c| (500..600).contains(c))
+                    .map(Self::Status)
+                    .ok_or_else(bad),
+            },
+            serde_json::Value::Number(n) => n
+                .as_u64()
+                .and_then(|c| u16::try_from(c).ok())
+                .filter(|c| (500..600).contains(c))
+                .map(Self::Status)
+                .ok_or_else(bad),
+            _ => Err(bad()),
+        }
+    }
+}
+
+fn default_retry_on() -> Vec<RetryOnSpec> {
+    vec![
+        RetryOnSpec::ConnectFailure,
+        RetryOnSpec::Reset,
+        RetryOnSpec::Status(502),
+        RetryOnSpec::Status(503),
+        RetryOnSpec::Status(504),
+    ]
+}
+
+fn three() -> u32 {
+    3
+}
+fn five() -> u32 {
+    5
+}
+fn twenty() -> u32 {
+    20
+}
+fn percent(p: f64) -> Percent {
+    Percent::new(p).unwrap_or_default()
+}
+fn ten_percent() -> Percent {
+    percent(10.0)
+}
+fn twenty_percent() -> Percent {
+    percent(20.0)
+}
+fn fifty_percent() -> Percent {
+    percent(50.0)
+}
+fn five_xx() -> Vec<u16> {
+    (500..600).collect()
+}
+fn is_five_xx(v: &[u16]) -> bool {
+    v.len() == 100 && v.iter().copied().eq(500..600)
+}
 fn yes() -> bool {
     true
 }

@@ -231,3 +231,16 @@ fn a_broken_cluster_is_not_also_reported_as_unknown() {
         "{errs:#?}"
     );
 }
+
+#[test]
+fn config_view_shows_templates_not_environment_values() {
+    let text = VALID.replace(
+        "      - body_limit: 1MB",
+        "      - body_limit: 1MB\n      - headers: { request: { set: { authorization: \"Bearer ${BACKEND}\" } } }",
+    );
+    let cfg = load(&text).expect("valid");
+    let shown = redacted(&cfg.spec, &cfg.interpolated).to_string();
+    assert!(!shown.contains("127.0.0.1:9000"), "{shown}");
+    assert!(shown.contains("Bearer ${BACKEND}"), "{shown}");
+    assert!(shown.contains("${BACKEND}"), "{shown}");
+}

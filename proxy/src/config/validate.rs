@@ -355,35 +355,26 @@ fn check_pem(
     err: &mut impl FnMut(String, String),
 ) {
     let cert_path = base_dir.join(cert);
-    match std::fs::read(&cert_path) {
-        Err(e) => err(
+    if let Err(e) = std::fs::metadata(&cert_path) {
+        err(
             child_key(base, "cert"),
             format!("cannot read {}: {e}", cert_path.display()),
-        ),
-        Ok(bytes) => {
-            if !String::from_utf8_lossy(&bytes).contains("-----BEGIN CERTIFICATE-----") {
-                err(
-                    child_key(base, "cert"),
-                    format!("{} holds no PEM certificate", cert_path.display()),
-                );
-            }
-        }
+        );
+        return;
     }
     let key_path = base_dir.join(key);
-    match std::fs::read(&key_path) {
-        // The key's content is never echoed: it is a secret.
-        Err(e) => err(
+    if let Err(e) = std::fs::metadata(&key_path) {
+        err(
             child_key(base, "key"),
             format!("cannot read {}: {e}", key_path.display()),
-        ),
-        Ok(bytes) => {
-            if !String::from_utf8_lossy(&bytes).contains("PRIVATE KEY-----") {
-                err(
-                    child_key(base, "key"),
-                    format!("{} holds no PEM private key", key_path.display()),
-                );
-            }
-        }
+        );
+        return;
+    }
+    // Load exactly as the listener will, so a corrupt file or a key that does not belong to
+    // the certificate fails here rather than at the first handshake. Messages name files,
+    // never key material.
+    if let Err(msg) = crate::tls::check_pair(base_dir, cert, key) {
+        err(base.to_string(), msg);
     }
 }
 

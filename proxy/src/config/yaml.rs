@@ -44,6 +44,39 @@ pub struct Document {
     pub value: Value,
     /// Where each node of `value` starts in the file.
     pub index: LineIndex,
+    /// Paths of scalars whose text used `${...}`, with the text as written. Values that
+    /// come from the environment may be secrets, so `/config` shows the template instead.
+    pub interpolated: Vec<(String, String)>,
+}
+
+/// Replaces, in `value`, the scalar at each interpolated path with its template text.
+/// Paths that no longer exist (or lead to a non-scalar) are left alone.
+pub fn restore_templates(value: &mut Value, interpolated: &[(String, String)]) {
+    for (path, template) in interpolated {
+        if let Some(node) = lookup_mut(value, path) {
+            if !node.is_object() && !node.is_array() {
+                *node = Value::String(template.clone());
+            }
+        }
+    }
+}
+
+/// The node at `path` in `value`, if it exists.
+fn lookup_mut<'v>(value: &'v mut Value, path: &str) -> Option<&'v mut Value> {
+    let mut node = value;
+    let mut rest = path;
+    let mut first = true;
+    while !rest.is_empty() {
+        let (segment, tail) = next_segment(rest, first)?;
+        first = false;
+        rest = tail;
+        node = match (segment, node) {
+            (Segment::Key(k), Value::Object(map)) => map.get_mut(&k)?,
+            (Segment::Index(i), Value::Array(items)) => items.get_mut(i)?,
+            _ => return None,
+        };
+    }
+    Some(node)
 }
 
 /// Positions of the nodes of a [`Document`], keyed by YAML path.
@@ -433,6 +466,7 @@ struct Builder<'e> {
     total_bytes: usize,
     /// Set once reading cannot meaningfully go on (fatal error or too many errors).
     stopped: bool,
+    interpolated: Vec<(String, String)>,
 }
 
 impl<'e> Builder<'e> {
@@ -447,6 +481,7 @@ impl<'e> Builder<'e> {
             total_nodes: 0,
             total_bytes: 0,
             stopped: false,
+            interpolated: Vec::new(),
         }
     }
 
@@ -612,6 +647,10 @@ impl<'e> Builder<'e> {
             }
             _ => {
                 let (_, at, _) = self.record(&slot, mark);
+                if raw.replace("$${", "").contains("${") {
+                    let path = self.path_of(&slot);
+                    self.interpolated.push((path, raw.clone()));
+                }
                 let value = match self.resolve(&raw, style, tag) {
                     Ok(value) => value,
                     Err(messages) => {
@@ -906,6 +945,7 @@ impl<'e> Builder<'e> {
         Ok(Document {
             value,
             index: self.index,
+            interpolated: self.interpolated,
         })
     }
 

@@ -9,11 +9,14 @@ use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::HeaderName;
 
+use super::resilience::breaker::{Admit, Breaker, BreakerPolicy, BreakerState, Transition};
+use super::resilience::outlier::{OutlierPolicy, OutlierState};
 use crate::config::spec::{ClusterSpec, HealthCheckSpec, LoadBalancingSpec, ProtocolSpec};
+use crate::metrics::METRICS;
 
 /// Health and load of one endpoint, shared across config generations.
 #[derive(Debug)]
@@ -23,6 +26,10 @@ pub struct EndpointState {
     /// Consecutive probe results in the current direction (failures while healthy,
     /// successes while unhealthy); reset when the state flips.
     streak: AtomicU32,
+    /// Circuit breaker (used when the cluster configures one).
+    pub breaker: Breaker,
+    /// Outlier ejection (used when the cluster configures it).
+    pub outlier: OutlierState,
 }
 
 impl Default for EndpointState {
@@ -31,6 +38,8 @@ impl Default for EndpointState {
             healthy: AtomicBool::new(true),
             in_flight: AtomicUsize::new(0),
             streak: AtomicU32::new(0),
+            breaker: Breaker::default(),
+            outlier: OutlierState::default(),
         }
     }
 }
@@ -130,7 +139,39 @@ pub struct Cluster {
     pub protocol: ProtocolSpec,
     /// Active health checking, if configured.
     pub health_check: Option<HealthCheckSpec>,
+    /// Circuit breaker settings, if configured.
+    pub breaker: Option<BreakerPolicy>,
+    /// Outlier ejection settings, if configured.
+    pub outlier: Option<OutlierPolicy>,
     balancer: Balancer,
+}
+
+/// Result of choosing an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pick {
+    /// Use endpoint `index`; `probe` when it is a half-open breaker probe.
+    Endpoint {
+        /// Endpoint index in the cluster.
+        index: usize,
+        /// The attempt is a half-open probe.
+        probe: bool,
+    },
+    /// Every endpoint's breaker is open: refuse at once; the earliest may admit after this.
+    BreakerOpen {
+        /// Time until the first breaker half-opens.
+        retry_after: Duration,
+    },
+    /// No healthy endpoint is left.
+    NoneHealthy,
+}
+
+/// What an attempt came to, for breakers and outlier detection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The upstream answered with this status.
+    Status(u16),
+    /// Connect failure, reset or timeout.
+    Failure,
 }
 
 impl Cluster {
@@ -172,22 +213,161 @@ impl Cluster {
             connect_timeout: spec.connect_timeout.get(),
             protocol: spec.protocol,
             health_check: spec.health_check.clone(),
+            breaker: spec.circuit_breaker.as_ref().map(BreakerPolicy::new),
+            outlier: spec.outlier_detection.as_ref().map(OutlierPolicy::new),
             balancer,
         })
     }
 
-    /// Picks an endpoint for a request, skipping unhealthy ones and those in `exclude`
-    /// (endpoints that already failed this request). Returns `None` when no healthy
-    /// endpoint is left. `header` looks up request headers for hash balancing.
-    pub fn pick<'h>(
+    /// Picks an endpoint honouring health, outlier ejection and circuit breakers, skipping
+    /// `exclude` (endpoints that already failed this request) — unless only excluded
+    /// endpoints are left, in which case one of them is better than failing outright.
+    pub fn choose<'h>(
+        &self,
+        exclude: &[usize],
+        now: Instant,
+        header: impl Fn(&HeaderName) -> Option<&'h [u8]> + Copy,
+    ) -> Pick {
+        let first = self.choose_excluding(exclude, now, header);
+        if first == Pick::NoneHealthy && !exclude.is_empty() {
+            return self.choose_excluding(&[], now, header);
+        }
+        first
+    }
+
+    fn choose_excluding<'h>(
+        &self,
+        exclude: &[usize],
+        now: Instant,
+        header: impl Fn(&HeaderName) -> Option<&'h [u8]> + Copy,
+    ) -> Pick {
+        let Some(policy) = &self.breaker else {
+            let ejected = |i: usize| self.is_ejected(i, now);
+            return match self.pick_where(exclude, header, ejected) {
+                Some(index) => Pick::Endpoint {
+                    index,
+                    probe: false,
+                },
+                None => Pick::NoneHealthy,
+            };
+        };
+        // Refused candidates are added locally so the balancer moves on; the common case
+        // (all closed) never allocates.
+        let mut refused: Vec<usize> = Vec::new();
+        let mut retry_after: Option<Duration> = None;
+        loop {
+            let blocked = |i: usize| {
+                refused.contains(&i)
+                    || self.is_ejected(i, now)
+                    || !self.endpoints[i].state.breaker.would_admit(policy, now)
+            };
+            let Some(i) = self.pick_where(exclude, header, blocked) else {
+                break;
+            };
+            let (admit, transition) = self.endpoints[i].state.breaker.try_acquire(policy, now);
+            if let Some(t) = transition {
+                self.breaker_transition(i, t);
+            }
+            match admit {
+                Admit::Yes { probe } => return Pick::Endpoint { index: i, probe },
+                Admit::No { retry_after: ra } => {
+                    retry_after = Some(retry_after.map_or(ra, |r| r.min(ra)));
+                    refused.push(i);
+                }
+            }
+        }
+        // Breaker answer only when every endpoint is held back by its breaker.
+        let mut earliest = retry_after;
+        for (i, ep) in self.endpoints.iter().enumerate() {
+            match ep.state.breaker.try_peek_open(now) {
+                Some(ra) => earliest = Some(earliest.map_or(ra, |r| r.min(ra))),
+                None if refused.contains(&i) => {}
+                None => return Pick::NoneHealthy,
+            }
+        }
+        match earliest {
+            Some(retry_after) => Pick::BreakerOpen { retry_after },
+            None => Pick::NoneHealthy,
+        }
+    }
+
+    fn is_ejected(&self, i: usize, now: Instant) -> bool {
+        self.outlier.is_some() && self.endpoints[i].state.outlier.is_ejected(now)
+    }
+
+    /// Records what an attempt to endpoint `i` came to; `probe` when it was a breaker probe.
+    pub fn record(&self, i: usize, outcome: Outcome, probe: bool, now: Instant) {
+        let Some(ep) = self.endpoints.get(i) else {
+            return;
+        };
+        if let Some(policy) = &self.breaker {
+            let ok = match outcome {
+                Outcome::Status(s) => !policy.is_failure_status(s),
+                Outcome::Failure => false,
+            };
+            if let Some(t) = ep.state.breaker.record(policy, now, ok, probe) {
+                self.breaker_transition(i, t);
+            }
+        }
+        if let Some(policy) = &self.outlier {
+            match outcome {
+                Outcome::Status(s) if s < 500 => ep.state.outlier.record_success(),
+                _ => {
+                    let ejected = (0..self.endpoints.len())
+                        .filter(|&j| self.is_ejected(j, now))
+                        .count();
+                    if let Some(d) =
+                        ep.state
+                            .outlier
+                            .record_failure(policy, now, ejected, self.endpoints.len())
+                    {
+                        METRICS
+                            .ejections
+                            .with_label_values(&[&self.name, ep.name.as_str()])
+                            .inc();
+                        tracing::warn!(cluster = %self.name, endpoint = %ep.name, ejected_for = ?d, "endpoint ejected by outlier detection");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Gives back a half-open probe slot whose attempt never produced an outcome.
+    pub fn cancel_probe(&self, i: usize) {
+        if let Some(ep) = self.endpoints.get(i) {
+            ep.state.breaker.cancel_probe();
+        }
+    }
+
+    fn breaker_transition(&self, i: usize, t: Transition) {
+        let ep = &self.endpoints[i];
+        METRICS
+            .breaker_state
+            .with_label_values(&[&self.name, ep.name.as_str()])
+            .set(t.to.gauge());
+        METRICS
+            .breaker_transitions
+            .with_label_values(&[&self.name, ep.name.as_str(), t.to.label()])
+            .inc();
+        if t.to == BreakerState::Open {
+            tracing::warn!(cluster = %self.name, endpoint = %ep.name, from = t.from.label(), "circuit breaker opened");
+        } else {
+            tracing::info!(cluster = %self.name, endpoint = %ep.name, from = t.from.label(), to = t.to.label(), "circuit breaker transition");
+        }
+    }
+
+    /// Runs the balancer over endpoints that are healthy, not in `exclude` and not
+    /// `blocked`. `header` looks up request headers for hash balancing.
+    fn pick_where<'h>(
         &self,
         exclude: &[usize],
         header: impl Fn(&HeaderName) -> Option<&'h [u8]>,
+        blocked: impl Fn(usize) -> bool,
     ) -> Option<usize> {
         let usable = |i: usize| {
             self.endpoints
                 .get(i)
-                .is_some_and(|e| e.state.is_healthy() && !exclude.contains(&i))
+                .is_some_and(|e| e.state.is_healthy() && !exclude.contains(&i) && !blocked(i))
         };
         let n = self.endpoints.len();
         if n == 0 {
@@ -271,19 +451,27 @@ mod tests {
         Cluster::compile("c", &spec, &EndpointRegistry::default()).expect("compile")
     }
 
+    fn pick<'h>(
+        c: &Cluster,
+        exclude: &[usize],
+        header: impl Fn(&HeaderName) -> Option<&'h [u8]>,
+    ) -> Option<usize> {
+        c.pick_where(exclude, header, |_| false)
+    }
+
     #[test]
     fn round_robin_cycles_and_skips_unhealthy_and_excluded() {
         let c = cluster("round_robin", 3);
-        let picks: Vec<_> = (0..6).filter_map(|_| c.pick(&[], |_| None)).collect();
+        let picks: Vec<_> = (0..6).filter_map(|_| pick(&c, &[], |_| None)).collect();
         for i in 0..3 {
             assert_eq!(picks.iter().filter(|&&p| p == i).count(), 2);
         }
         c.endpoints[1].state.healthy.store(false, Ordering::Relaxed);
         for _ in 0..10 {
-            let p = c.pick(&[0], |_| None);
+            let p = pick(&c, &[0], |_| None);
             assert_eq!(p, Some(2));
         }
-        assert_eq!(c.pick(&[0, 2], |_| None), None);
+        assert_eq!(pick(&c, &[0, 2], |_| None), None);
     }
 
     #[test]
@@ -293,16 +481,16 @@ mod tests {
         let keys: Vec<String> = (0..200).map(|i| format!("user-{i}")).collect();
         let first: Vec<_> = keys
             .iter()
-            .map(|k| c.pick(&[], |h| (h == name).then_some(k.as_bytes())))
+            .map(|k| pick(&c, &[], |h| (h == name).then_some(k.as_bytes())))
             .collect();
         let again: Vec<_> = keys
             .iter()
-            .map(|k| c.pick(&[], |h| (h == name).then_some(k.as_bytes())))
+            .map(|k| pick(&c, &[], |h| (h == name).then_some(k.as_bytes())))
             .collect();
         assert_eq!(first, again);
         c.endpoints[2].state.healthy.store(false, Ordering::Relaxed);
         for (k, before) in keys.iter().zip(&first) {
-            let after = c.pick(&[], |h| (h == name).then_some(k.as_bytes()));
+            let after = pick(&c, &[], |h| (h == name).then_some(k.as_bytes()));
             if *before != Some(2) {
                 assert_eq!(after, *before, "key {k} moved although its endpoint stayed");
             } else {
@@ -316,7 +504,7 @@ mod tests {
         let c = cluster("least_request", 2);
         let _busy = InFlight::start(&c.endpoints[0].state);
         for _ in 0..10 {
-            assert_eq!(c.pick(&[], |_| None), Some(1));
+            assert_eq!(pick(&c, &[], |_| None), Some(1));
         }
     }
 

@@ -46,7 +46,15 @@ pub async fn run(runtime: Arc<ArcSwap<Runtime>>, mut shutdown: tokio::sync::watc
             for ep in &cluster.endpoints {
                 let key = (cluster.name.to_string(), ep.name.clone());
                 live.push(key.clone());
-                let next = due.entry(key).or_insert(now);
+                let next = due.entry(key).or_insert_with(|| {
+                    // Publish the series as soon as the endpoint is checked, not at its
+                    // first state change, so dashboards see healthy endpoints too.
+                    METRICS
+                        .endpoint_healthy
+                        .with_label_values(&[&*cluster.name, ep.name.as_str()])
+                        .set(i64::from(ep.state.is_healthy()));
+                    now
+                });
                 if *next > now {
                     continue;
                 }
@@ -82,7 +90,13 @@ pub async fn run(runtime: Arc<ArcSwap<Runtime>>, mut shutdown: tokio::sync::watc
                 });
             }
         }
-        due.retain(|k, _| live.contains(k));
+        due.retain(|k, _| {
+            let keep = live.contains(k);
+            if !keep {
+                let _ = METRICS.endpoint_healthy.remove_label_values(&[&k.0, &k.1]);
+            }
+            keep
+        });
     }
 }
 

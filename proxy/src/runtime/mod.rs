@@ -7,14 +7,16 @@
 
 pub mod cluster;
 pub mod health;
+pub mod resilience;
 pub mod router;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
 use meshgate_filters::body_limit::BodyLimitFilter;
+use meshgate_filters::fault::FaultFilter;
 use meshgate_filters::headers::HeadersFilter;
 use meshgate_filters::{Filter, FilterChain};
 
@@ -23,7 +25,19 @@ use crate::config::yaml::{child_index, child_key};
 use crate::config::ConfigError;
 use crate::forwarding::TrustedProxies;
 use cluster::{Cluster, EndpointRegistry};
+use resilience::budget::BudgetRegistry;
+use resilience::retry::{RetryMarker, RetryPolicy};
 use router::{Matcher, Rewrite, Route, Router, Target};
+
+/// State that outlives config generations: endpoint health, breakers and ejections, retry
+/// budgets. Created once per process; each compile takes `Arc`s into it.
+#[derive(Debug, Default)]
+pub struct SharedState {
+    /// Per-endpoint state, keyed by cluster and endpoint.
+    pub endpoints: EndpointRegistry,
+    /// Retry budgets, keyed by route.
+    pub budgets: BudgetRegistry,
+}
 
 /// Request-path limits from `runtime:`.
 #[derive(Debug, Clone, Copy)]
@@ -41,6 +55,8 @@ pub struct Runtime {
     pub generation: u64,
     /// The spec this runtime was compiled from (served, redacted, by `/config`).
     pub spec: Arc<ConfigSpec>,
+    /// Scalars of the source file that used `${...}` (path, template), for `/config`.
+    pub templates: Vec<(String, String)>,
     /// Route table.
     pub router: Router,
     /// Clusters by name.
@@ -56,8 +72,9 @@ impl Runtime {
     pub fn compile(
         spec: Arc<ConfigSpec>,
         generation: u64,
-        registry: &EndpointRegistry,
+        shared: &SharedState,
     ) -> Result<Self, Vec<ConfigError>> {
+        let registry = &shared.endpoints;
         let mut errors = Vec::new();
 
         let mut clusters = BTreeMap::new();
@@ -79,7 +96,8 @@ impl Runtime {
 
         let mut routes = Vec::with_capacity(spec.routes.len());
         for (i, r) in spec.routes.iter().enumerate() {
-            if let Some(route) = compile_route(r, &child_index("routes", i), &clusters, &mut errors)
+            if let Some(route) =
+                compile_route(r, &child_index("routes", i), &clusters, shared, &mut errors)
             {
                 routes.push(Arc::new(route));
             }
@@ -113,6 +131,7 @@ impl Runtime {
             trusted: TrustedProxies::new(nets),
             limits,
             spec,
+            templates: Vec::new(),
         })
     }
 
@@ -126,6 +145,7 @@ fn compile_route(
     r: &RouteSpec,
     base: &str,
     clusters: &BTreeMap<String, Arc<Cluster>>,
+    shared: &SharedState,
     errors: &mut Vec<ConfigError>,
 ) -> Option<Route> {
     let m = &r.matcher;
@@ -192,8 +212,33 @@ fn compile_route(
     };
 
     let mut filters: Vec<Arc<dyn Filter>> = Vec::with_capacity(r.filters.len());
+    let mut retry = None;
     for (i, f) in r.filters.iter().enumerate() {
         let fbase = child_key(&child_index(&child_key(base, "filters"), i), f.name());
+        if let FilterSpec::Retry(spec) = f {
+            if retry.is_some() {
+                errors.push(ConfigError::new(
+                    fbase,
+                    "a route takes at most one retry filter",
+                ));
+                continue;
+            }
+            if !(1..=10).contains(&spec.attempts) {
+                errors.push(ConfigError::new(
+                    format!("{fbase}.attempts"),
+                    "must be between 1 and 10",
+                ));
+            }
+            if spec.per_try_timeout.is_some_and(|d| d.get().is_zero()) {
+                errors.push(ConfigError::new(
+                    format!("{fbase}.per_try_timeout"),
+                    "must be greater than zero",
+                ));
+            }
+            retry = Some(RetryPolicy::new(spec, shared.budgets.budget(&r.name)));
+            filters.push(Arc::new(RetryMarker));
+            continue;
+        }
         match compile_filter(f) {
             Ok(f) => filters.push(f),
             Err(errs) => errors.extend(
@@ -209,6 +254,7 @@ fn compile_route(
         rewrite,
         target,
         timeout: r.timeout.get(),
+        retry,
         filters: FilterChain::new(filters),
     })
 }
@@ -239,28 +285,8 @@ fn compile_filter(spec: &FilterSpec) -> Result<Arc<dyn Filter>, Vec<meshgate_fil
     Ok(match spec {
         FilterSpec::Headers(h) => Arc::new(HeadersFilter::new(h)?),
         FilterSpec::BodyLimit(limit) => Arc::new(BodyLimitFilter::new(*limit)),
+        FilterSpec::Fault(f) => Arc::new(FaultFilter::new(f)?),
+        // Compiled into the route's retry policy by `compile_route`.
+        FilterSpec::Retry(_) => Arc::new(RetryMarker),
     })
-}
-
-/// Summary of a route for `/routes` and `explain`.
-pub fn describe_route(route: &Route) -> HashMap<&'static str, serde_json::Value> {
-    let mut out = HashMap::new();
-    out.insert("name", serde_json::Value::from(route.name.as_ref()));
-    out.insert("filters", serde_json::Value::from(route.filters.names()));
-    out.insert(
-        "targets",
-        serde_json::Value::from(
-            route
-                .target
-                .describe()
-                .into_iter()
-                .map(|(c, share)| serde_json::json!({ "cluster": c, "percent": share }))
-                .collect::<Vec<_>>(),
-        ),
-    );
-    out.insert(
-        "timeout",
-        serde_json::Value::from(humantime::format_duration(route.timeout).to_string()),
-    );
-    out
 }

@@ -250,8 +250,10 @@ pub struct Route {
     pub rewrite: Option<Rewrite>,
     /// Destination.
     pub target: Target,
-    /// Upstream exchange timeout.
+    /// Bound on the whole upstream exchange, retries included.
     pub timeout: Duration,
+    /// Retry policy from the route's `retry` filter.
+    pub retry: Option<super::resilience::retry::RetryPolicy>,
     /// Filters in request order.
     pub filters: FilterChain,
 }
