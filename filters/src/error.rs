@@ -11,12 +11,21 @@ use http::{HeaderName, HeaderValue, StatusCode};
 pub enum ErrorKind {
     /// Malformed or ambiguous request (bad path encoding, Content-Length with Transfer-Encoding).
     BadRequest,
+    /// The request lacks valid credentials for the route (e.g. a missing or wrong API key).
+    /// Sent with a `WWW-Authenticate` header naming the expected scheme.
+    Unauthorized,
+    /// The caller is known but not allowed here (e.g. a CORS preflight from an origin the
+    /// route does not allow).
+    Forbidden,
     /// No route matches the request.
     NoRoute,
     /// The request body is larger than the route's `body_limit`.
     PayloadTooLarge,
     /// The request header block is larger than `runtime.max_header_size`.
     HeaderTooLarge,
+    /// A `rate_limit` filter refused the request; sent with `Retry-After` and the
+    /// `RateLimit-*` headers.
+    RateLimited,
     /// The upstream could not be reached or broke the exchange.
     BadGateway,
     /// Every endpoint of the chosen cluster is unhealthy.
@@ -32,9 +41,12 @@ impl ErrorKind {
     pub fn status(self) -> StatusCode {
         match self {
             ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorKind::Forbidden => StatusCode::FORBIDDEN,
             ErrorKind::NoRoute => StatusCode::NOT_FOUND,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::BadGateway => StatusCode::BAD_GATEWAY,
             ErrorKind::NoHealthyUpstream => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -46,9 +58,12 @@ impl ErrorKind {
     pub fn code(self) -> &'static str {
         match self {
             ErrorKind::BadRequest => "bad_request",
+            ErrorKind::Unauthorized => "unauthorized",
+            ErrorKind::Forbidden => "forbidden",
             ErrorKind::NoRoute => "no_route",
             ErrorKind::PayloadTooLarge => "payload_too_large",
             ErrorKind::HeaderTooLarge => "request_header_fields_too_large",
+            ErrorKind::RateLimited => "rate_limited",
             ErrorKind::BadGateway => "bad_gateway",
             ErrorKind::NoHealthyUpstream => "no_healthy_upstream",
             ErrorKind::GatewayTimeout => "gateway_timeout",
@@ -134,6 +149,23 @@ mod tests {
         assert!(LocalResponse::error(ErrorKind::PayloadTooLarge).close);
         assert!(!LocalResponse::error(ErrorKind::NoRoute).close);
         assert_eq!(ErrorKind::HeaderTooLarge.status().as_u16(), 431);
+    }
+
+    #[test]
+    fn policy_refusals_have_their_status_and_code_and_keep_the_connection() {
+        for (kind, status, code) in [
+            (ErrorKind::Unauthorized, 401, "unauthorized"),
+            (ErrorKind::Forbidden, 403, "forbidden"),
+            (ErrorKind::RateLimited, 429, "rate_limited"),
+        ] {
+            let answer = LocalResponse::error(kind);
+            assert_eq!(answer.status.as_u16(), status);
+            assert_eq!(kind.code(), code);
+            assert!(
+                !answer.close,
+                "{code}: the request framing is intact, so keep-alive"
+            );
+        }
     }
 }
 

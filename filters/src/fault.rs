@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
 
@@ -91,7 +90,7 @@ impl FaultFilter {
             )],
             body: Some((
                 HeaderValue::from_static("application/json"),
-                Bytes::from(LocalResponse::json_error_body("fault_injected", request_id)),
+                LocalResponse::json_error_body("fault_injected", request_id),
             )),
             close: false,
         })
@@ -143,10 +142,11 @@ mod tests {
             peer: None,
         };
         let mut ctx = RequestCtx::default();
-        match f.request_filter(view, &mut ctx) {
+        let action = match f.request_filter(view, &mut ctx) {
             Step::Done(a) => a,
             Step::Wait(_) => panic!("no delay configured"),
-        }
+        };
+        action
     }
 
     #[test]

@@ -7,12 +7,15 @@
 //! response hooks of the filters already entered and closes or drains the connection. That
 //! keeps error bodies, CORS headers and request ids consistent however a request ends.
 
+pub mod api_key;
 pub mod body_limit;
-pub mod fault;
+pub mod cors;
 mod ctx;
 mod error;
+pub mod fault;
 mod filter;
 pub mod headers;
+pub mod rate_limit;
 pub mod units;
 
 pub use ctx::RequestCtx;

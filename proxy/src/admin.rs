@@ -18,20 +18,26 @@ use serde_json::json;
 
 use crate::lifecycle;
 use crate::metrics::METRICS;
-use crate::runtime::Runtime;
+use crate::runtime::{Runtime, SharedState};
 
 /// The admin application.
 pub struct AdminApp {
     runtime: Arc<ArcSwap<Runtime>>,
+    shared: Arc<SharedState>,
     listeners: Vec<SocketAddr>,
     bound: AtomicBool,
 }
 
 impl AdminApp {
     /// Serves admin endpoints for `runtime`; ready once every address in `listeners` accepts.
-    pub fn new(runtime: Arc<ArcSwap<Runtime>>, listeners: Vec<SocketAddr>) -> Self {
+    pub fn new(
+        runtime: Arc<ArcSwap<Runtime>>,
+        shared: Arc<SharedState>,
+        listeners: Vec<SocketAddr>,
+    ) -> Self {
         Self {
             runtime,
+            shared,
             listeners,
             bound: AtomicBool::new(false),
         }
@@ -96,6 +102,75 @@ pub fn routes_json(rt: &Runtime) -> serde_json::Value {
     json!({ "generation": rt.generation, "routes": routes })
 }
 
+/// Rate-limit counters live in the filter crate (which has no Prometheus dependency);
+/// they are rendered here in the text exposition format.
+fn rate_limit_metrics(shared: &SharedState) -> String {
+    use std::fmt::Write as _;
+    let s = shared.rate_limits.stats();
+    let mut out = String::with_capacity(2048);
+    let mut counter = |name: &str, help: &str, samples: &[(&str, u64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (labels, v) in samples {
+            let _ = writeln!(out, "{name}{labels} {v}");
+        }
+    };
+    counter(
+        "meshgate_rate_limit_decisions_total",
+        "Rate-limit decisions by result.",
+        &[
+            ("{result=\"allowed\"}", s.allowed),
+            ("{result=\"denied\"}", s.denied),
+        ],
+    );
+    counter(
+        "meshgate_rate_limit_global_decisions_total",
+        "Global-limit decisions by who decided: redis, or the local fallback while Redis was unavailable.",
+        &[("{by=\"redis\"}", s.global_decisions), ("{by=\"fallback\"}", s.fallback_decisions)],
+    );
+    counter(
+        "meshgate_rate_limit_redis_failures_total",
+        "Redis problems seen by global rate limits.",
+        &[
+            ("{kind=\"error\"}", s.redis_errors),
+            ("{kind=\"timeout\"}", s.redis_timeouts),
+            ("{kind=\"unavailable\"}", s.redis_unavailable),
+            ("{kind=\"connect_failure\"}", s.redis_connect_failures),
+        ],
+    );
+    counter(
+        "meshgate_rate_limit_overflow_decisions_total",
+        "Decisions made in shared overflow buckets because a limiter's key table was full.",
+        &[("", s.overflow_decisions)],
+    );
+    let _ = writeln!(
+        out,
+        "# HELP meshgate_rate_limit_redis_connected 1 when the last Redis exchange succeeded.\n# TYPE meshgate_rate_limit_redis_connected gauge\nmeshgate_rate_limit_redis_connected {}",
+        u8::from(s.redis_connected)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP meshgate_rate_limit_tracked_keys Keys tracked by local limiters.\n# TYPE meshgate_rate_limit_tracked_keys gauge\nmeshgate_rate_limit_tracked_keys {}",
+        s.tracked_keys
+    );
+    let per = shared.rate_limits.limiter_stats();
+    if !per.is_empty() {
+        let _ = writeln!(
+            out,
+            "# HELP meshgate_rate_limit_requests_total Requests seen by each rate limit, by result.\n# TYPE meshgate_rate_limit_requests_total counter"
+        );
+        for l in per {
+            for (result, v) in [("allowed", l.allowed), ("denied", l.denied)] {
+                let _ = writeln!(
+                    out,
+                    "meshgate_rate_limit_requests_total{{route=\"{}\",filter=\"{}\",result=\"{result}\"}} {v}",
+                    l.route, l.filter_index
+                );
+            }
+        }
+    }
+    out
+}
+
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
@@ -105,7 +180,11 @@ impl ServeHttp for AdminApp {
         }
         let path = req.uri.path().to_string();
         match path.as_str() {
-            "/metrics" => reply(200, "text/plain; version=0.0.4", METRICS.render()),
+            "/metrics" => {
+                let mut body = METRICS.render();
+                body.extend_from_slice(rate_limit_metrics(&self.shared).as_bytes());
+                reply(200, "text/plain; version=0.0.4", body)
+            }
             "/healthz" => reply(200, "text/plain", b"ok\n".to_vec()),
             "/readyz" => {
                 if lifecycle::is_draining() {

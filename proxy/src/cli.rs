@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::ConfigError;
-use crate::runtime::SharedState;
 
 /// meshgate — edge gateway and sidecar proxy.
 #[derive(Debug, Parser)]
@@ -69,8 +68,8 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Validate { files } => {
             let mut failed = false;
             for file in &files {
-                match crate::server::compile_file(file, &SharedState::default()) {
-                    Ok(rt) => println!(
+                match crate::server::compile_file(file) {
+                    Ok((rt, _)) => println!(
                         "{}: ok ({} listeners, {} clusters, {} routes)",
                         file.display(),
                         rt.spec.listeners.len(),
@@ -95,8 +94,8 @@ pub fn main(cli: Cli) -> ExitCode {
             url,
             headers,
         } => {
-            let rt = match crate::server::compile_file(&config, &SharedState::default()) {
-                Ok(rt) => rt,
+            let rt = match crate::server::compile_file(&config) {
+                Ok((rt, _)) => rt,
                 Err(errors) => {
                     print_errors(&config, &errors);
                     return ExitCode::FAILURE;

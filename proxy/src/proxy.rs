@@ -309,8 +309,12 @@ impl MeshProxy {
         else {
             return 0;
         };
-        let _ = resp.insert_header(CONTENT_TYPE, content_type);
-        let _ = resp.insert_header(CONTENT_LENGTH, body.len());
+        // 204 and 304 carry no content (RFC 9110 §15.3.5, §15.4.5), so no content headers.
+        let bodyless = matches!(status, 204 | 304);
+        if !bodyless {
+            let _ = resp.insert_header(CONTENT_TYPE, content_type);
+            let _ = resp.insert_header(CONTENT_LENGTH, body.len());
+        }
         if let Ok(v) = HeaderValue::from_str(&ctx.req.request_id) {
             let _ = resp.insert_header(X_REQUEST_ID, v);
         }
@@ -329,7 +333,7 @@ impl MeshProxy {
             session.set_keepalive(None);
             let _ = resp.insert_header(http::header::CONNECTION, "close");
         }
-        let head_only = session.req_header().method == http::Method::HEAD;
+        let head_only = bodyless || session.req_header().method == http::Method::HEAD;
         if session
             .write_response_header(Box::new(resp), head_only)
             .await

@@ -79,7 +79,8 @@ impl Reloader {
         let current = self.runtime.load_full();
         let generation = current.generation + 1;
         let spec = Arc::new(loaded.spec);
-        let rt = match Runtime::compile(spec.clone(), generation, &self.registry) {
+        let base = self.path.parent().unwrap_or(Path::new("."));
+        let rt = match Runtime::compile(spec.clone(), generation, &self.registry, base) {
             Ok(mut rt) => {
                 rt.templates = loaded.interpolated.clone();
                 rt
@@ -90,6 +91,11 @@ impl Reloader {
             }
         };
         warn_restart_only_changes(&current.spec, &spec);
+        if serde_json::to_string(&spec.stores).unwrap_or_default()
+            != self.registry.stores_fingerprint
+        {
+            tracing::warn!("`stores` changes need a restart; the stores from start-up stay in use");
+        }
         self.runtime.store(Arc::new(rt));
         *last = bytes;
         METRICS.reloads.with_label_values(&["success"]).inc();

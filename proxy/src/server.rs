@@ -25,13 +25,17 @@ use crate::reload::{ReloadService, Reloader};
 use crate::runtime::SharedState;
 use crate::runtime::{health, Runtime};
 
-/// Loads, validates and compiles a file into generation 1, with located errors.
-pub fn compile_file(path: &Path, registry: &SharedState) -> Result<Runtime, Vec<ConfigError>> {
+/// Loads, validates and compiles a file into generation 1, with located errors, together
+/// with the process state built from its `stores` section.
+pub fn compile_file(path: &Path) -> Result<(Runtime, Arc<SharedState>), Vec<ConfigError>> {
     let loaded = config::load_file(path)?;
+    let shared = SharedState::new(&loaded.spec.stores)
+        .map_err(|m| loaded.locate(vec![ConfigError::new("stores.rate_limits", m)]))?;
     let spec = Arc::new(loaded.spec.clone());
-    let mut rt = Runtime::compile(spec, 1, registry).map_err(|errs| loaded.locate(errs))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut rt = Runtime::compile(spec, 1, &shared, base).map_err(|errs| loaded.locate(errs))?;
     rt.templates = loaded.interpolated;
-    Ok(rt)
+    Ok((rt, Arc::new(shared)))
 }
 
 struct HealthService(Arc<ArcSwap<Runtime>>);
@@ -74,8 +78,7 @@ fn check_addresses_free(spec: &crate::config::ConfigSpec) -> Result<(), Vec<Conf
 /// Starts serving `path` and blocks until the process is told to stop. Returns an error
 /// only for problems found before serving starts.
 pub fn run(path: &Path) -> Result<(), Vec<ConfigError>> {
-    let registry = Arc::new(SharedState::default());
-    let rt = compile_file(path, &registry)?;
+    let (rt, registry) = compile_file(path)?;
     let spec = rt.spec.clone();
     let base = path.parent().unwrap_or(Path::new("."));
     let runtime = Arc::new(ArcSwap::from_pointee(rt));
@@ -134,7 +137,7 @@ pub fn run(path: &Path) -> Result<(), Vec<ConfigError>> {
     if let Some(admin) = &spec.admin {
         let mut svc = Service::new(
             "admin".to_string(),
-            HttpServer::new_app(AdminApp::new(runtime.clone(), addrs)),
+            HttpServer::new_app(AdminApp::new(runtime.clone(), registry.clone(), addrs)),
         );
         svc.add_tcp(&admin.address);
         server.add_service(svc);

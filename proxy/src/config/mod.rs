@@ -198,6 +198,7 @@ fn deserialize_sections(root: &Value, errors: &mut Vec<ConfigError>) -> (ConfigS
         take("trusted_proxies", false, errors).map(|v| section(v, "trusted_proxies", errors));
     let admin = take("admin", false, errors).map(|v| section(v, "admin", errors));
     let runtime = take("runtime", false, errors).map(|v| section(v, "runtime", errors));
+    let stores = take("stores", false, errors).map(|v| section(v, "stores", errors));
     let listeners = take("listeners", true, errors).map(|v| list(v, "listeners", errors));
     let clusters_value = take("clusters", false, errors);
     let routes_value = take("routes", false, errors);
@@ -212,6 +213,7 @@ fn deserialize_sections(root: &Value, errors: &mut Vec<ConfigError>) -> (ConfigS
     failed("trusted_proxies", !matches!(trusted_proxies, Some(None)));
     failed("admin", !matches!(admin, Some(None)));
     failed("runtime", !matches!(runtime, Some(None)));
+    failed("stores", !matches!(stores, Some(None)));
     failed("listeners", !matches!(listeners, Some((_, _, true))));
 
     let mut clusters = std::collections::BTreeMap::new();
@@ -273,6 +275,7 @@ fn deserialize_sections(root: &Value, errors: &mut Vec<ConfigError>) -> (ConfigS
         },
         admin: admin.flatten(),
         runtime: runtime.flatten().unwrap_or_default(),
+        stores: stores.flatten().unwrap_or_default(),
         clusters,
         routes,
     };

@@ -8,8 +8,11 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use meshgate_filters::api_key::ApiKeySpec;
+use meshgate_filters::cors::CorsSpec;
 use meshgate_filters::fault::FaultSpec;
 use meshgate_filters::headers::HeadersSpec;
+use meshgate_filters::rate_limit::{RateLimitSpec, RateLimitStoreSpec};
 use meshgate_filters::units::{ByteSize, HumanDuration, Percent};
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +24,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "listeners",
     "admin",
     "runtime",
+    "stores",
     "clusters",
     "routes",
 ];
@@ -43,12 +47,24 @@ pub struct ConfigSpec {
     /// Process-wide settings.
     #[serde(default)]
     pub runtime: RuntimeSpec,
+    /// Where state shared between replicas lives.
+    #[serde(default)]
+    pub stores: StoresSpec,
     /// Named groups of upstream endpoints.
     #[serde(default)]
     pub clusters: BTreeMap<String, ClusterSpec>,
     /// Routes, tried in order; the first match wins.
     #[serde(default)]
     pub routes: Vec<RouteSpec>,
+}
+
+/// `stores`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoresSpec {
+    /// Backend of `scope: global` rate limits (memory when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limits: Option<RateLimitStoreSpec>,
 }
 
 /// Which role this process plays.
@@ -390,6 +406,12 @@ pub enum FilterSpec {
     Retry(RetrySpec),
     /// Fault injection for testing.
     Fault(FaultSpec),
+    /// Token-bucket rate limit, local or shared through Redis.
+    RateLimit(RateLimitSpec),
+    /// API key check against hashed keys.
+    ApiKey(ApiKeySpec),
+    /// CORS policy and preflight answers.
+    Cors(CorsSpec),
 }
 
 impl FilterSpec {
@@ -400,6 +422,9 @@ impl FilterSpec {
             FilterSpec::BodyLimit(_) => "body_limit",
             FilterSpec::Retry(_) => "retry",
             FilterSpec::Fault(_) => "fault",
+            FilterSpec::RateLimit(_) => "rate_limit",
+            FilterSpec::ApiKey(_) => "api_key",
+            FilterSpec::Cors(_) => "cors",
         }
     }
 }

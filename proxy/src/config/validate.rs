@@ -136,6 +136,18 @@ pub(super) fn validate(
         );
     }
 
+    // Stores.
+    if let Some(rl) = &spec.stores.rate_limits {
+        for e in rl.check() {
+            let path = if e.path.is_empty() {
+                "stores.rate_limits".to_string()
+            } else {
+                format!("stores.rate_limits.{}", e.path)
+            };
+            err(path, e.message);
+        }
+    }
+
     // Clusters.
     for (name, c) in &spec.clusters {
         let base = child_key("clusters", name);

@@ -11,13 +11,17 @@ pub mod resilience;
 pub mod router;
 
 use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
+use meshgate_filters::api_key::ApiKeyFilter;
 use meshgate_filters::body_limit::BodyLimitFilter;
+use meshgate_filters::cors::CorsFilter;
 use meshgate_filters::fault::FaultFilter;
 use meshgate_filters::headers::HeadersFilter;
+use meshgate_filters::rate_limit::{RateLimitFilter, RateLimitStores};
 use meshgate_filters::{Filter, FilterChain};
 
 use crate::config::spec::{ConfigSpec, FilterSpec, RouteSpec};
@@ -30,13 +34,30 @@ use resilience::retry::{RetryMarker, RetryPolicy};
 use router::{Matcher, Rewrite, Route, Router, Target};
 
 /// State that outlives config generations: endpoint health, breakers and ejections, retry
-/// budgets. Created once per process; each compile takes `Arc`s into it.
-#[derive(Debug, Default)]
+/// budgets, rate-limit buckets and the Redis connection. Created once per process from the
+/// config's `stores` section; each compile takes `Arc`s into it.
+#[derive(Debug)]
 pub struct SharedState {
     /// Per-endpoint state, keyed by cluster and endpoint.
     pub endpoints: EndpointRegistry,
     /// Retry budgets, keyed by route.
     pub budgets: BudgetRegistry,
+    /// Rate-limit buckets and the global store.
+    pub rate_limits: RateLimitStores,
+    /// The `stores` section these were built from (JSON), to detect changes on reload.
+    pub stores_fingerprint: String,
+}
+
+impl SharedState {
+    /// Builds the process state for `stores`. No network I/O happens here.
+    pub fn new(stores: &crate::config::spec::StoresSpec) -> Result<Self, String> {
+        Ok(Self {
+            endpoints: EndpointRegistry::default(),
+            budgets: BudgetRegistry::default(),
+            rate_limits: RateLimitStores::new(stores.rate_limits.as_ref())?,
+            stores_fingerprint: serde_json::to_string(stores).unwrap_or_default(),
+        })
+    }
 }
 
 /// Request-path limits from `runtime:`.
@@ -73,6 +94,7 @@ impl Runtime {
         spec: Arc<ConfigSpec>,
         generation: u64,
         shared: &SharedState,
+        base_dir: &Path,
     ) -> Result<Self, Vec<ConfigError>> {
         let registry = &shared.endpoints;
         let mut errors = Vec::new();
@@ -96,9 +118,14 @@ impl Runtime {
 
         let mut routes = Vec::with_capacity(spec.routes.len());
         for (i, r) in spec.routes.iter().enumerate() {
-            if let Some(route) =
-                compile_route(r, &child_index("routes", i), &clusters, shared, &mut errors)
-            {
+            if let Some(route) = compile_route(
+                r,
+                &child_index("routes", i),
+                &clusters,
+                shared,
+                base_dir,
+                &mut errors,
+            ) {
                 routes.push(Arc::new(route));
             }
         }
@@ -146,15 +173,22 @@ fn compile_route(
     base: &str,
     clusters: &BTreeMap<String, Arc<Cluster>>,
     shared: &SharedState,
+    base_dir: &Path,
     errors: &mut Vec<ConfigError>,
 ) -> Option<Route> {
     let m = &r.matcher;
     // Names and values were validated; parse failures here would be bugs, reported not panicked.
-    let methods: Vec<Method> = m
+    let mut methods: Vec<Method> = m
         .methods
         .iter()
         .filter_map(|s| Method::from_bytes(s.as_bytes()).ok())
         .collect();
+    // A CORS preflight is an OPTIONS request for the route's resource; without this a route
+    // limited to GET/POST would answer the browser's preflight with 404.
+    let has_cors = r.filters.iter().any(|f| matches!(f, FilterSpec::Cors(_)));
+    if has_cors && !methods.is_empty() && !methods.contains(&Method::OPTIONS) {
+        methods.push(Method::OPTIONS);
+    }
     let headers: Vec<(HeaderName, HeaderValue)> = m
         .headers
         .iter()
@@ -239,7 +273,7 @@ fn compile_route(
             filters.push(Arc::new(RetryMarker));
             continue;
         }
-        match compile_filter(f) {
+        match compile_filter(f, &r.name, i, shared, base_dir) {
             Ok(f) => filters.push(f),
             Err(errs) => errors.extend(
                 errs.into_iter()
@@ -281,8 +315,19 @@ fn lookup(
     found
 }
 
-fn compile_filter(spec: &FilterSpec) -> Result<Arc<dyn Filter>, Vec<meshgate_filters::SpecError>> {
+fn compile_filter(
+    spec: &FilterSpec,
+    route: &str,
+    index: usize,
+    shared: &SharedState,
+    base_dir: &Path,
+) -> Result<Arc<dyn Filter>, Vec<meshgate_filters::SpecError>> {
     Ok(match spec {
+        FilterSpec::RateLimit(rl) => {
+            Arc::new(RateLimitFilter::new(rl, route, index, &shared.rate_limits)?)
+        }
+        FilterSpec::ApiKey(k) => Arc::new(ApiKeyFilter::new(k, base_dir)?),
+        FilterSpec::Cors(c) => Arc::new(CorsFilter::new(c)?),
         FilterSpec::Headers(h) => Arc::new(HeadersFilter::new(h)?),
         FilterSpec::BodyLimit(limit) => Arc::new(BodyLimitFilter::new(*limit)),
         FilterSpec::Fault(f) => Arc::new(FaultFilter::new(f)?),
