@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -73,6 +73,8 @@ pub struct Ctx {
     retry_reason: Option<RetryReason>,
     /// Why a retry that the policy allowed did not happen, for the access log.
     retry_skipped: Option<&'static str>,
+    /// Endpoint chosen during `request_filter` for the first attempt.
+    preselected: Option<(usize, bool)>,
 }
 
 impl Ctx {
@@ -98,6 +100,7 @@ impl Ctx {
             attempt_open: false,
             retry_reason: None,
             retry_skipped: None,
+            preselected: None,
         }
     }
 
@@ -281,7 +284,23 @@ impl MeshProxy {
                 return Err(answer);
             }
         }
-        ctx.cluster = Some(route.target.choose().clone());
+        let cluster = route.target.choose().clone();
+        // The first endpoint is chosen here rather than in `upstream_peer`: an answer given
+        // from this phase (all breakers open, nothing healthy) keeps the client's connection,
+        // while Pingora closes it after any failure in the upstream phases.
+        let headers = &session.req_header().headers;
+        match cluster.choose(&[], Instant::now(), |name| headers.get(name).map(|v| v.as_bytes())) {
+            Pick::Endpoint { index, probe } => ctx.preselected = Some((index, probe)),
+            Pick::BreakerOpen { retry_after } => {
+                ctx.cluster = Some(cluster);
+                return Err(breaker_answer(retry_after));
+            }
+            Pick::NoneHealthy => {
+                ctx.cluster = Some(cluster);
+                return Err(LocalResponse::error(ErrorKind::NoHealthyUpstream));
+            }
+        }
+        ctx.cluster = Some(cluster);
         Ok(())
     }
 
@@ -346,6 +365,17 @@ impl MeshProxy {
         }
         status
     }
+}
+
+/// 503 for a cluster whose every endpoint has an open breaker: says when to come back.
+fn breaker_answer(retry_after: Duration) -> LocalResponse {
+    let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+    LocalResponse::error(ErrorKind::NoHealthyUpstream)
+        .with_header(http::header::RETRY_AFTER, HeaderValue::from(secs))
+        .with_header(
+            http::HeaderName::from_static("x-meshgate-breaker"),
+            HeaderValue::from_static("open"),
+        )
 }
 
 fn run_response_hooks(ctx: &mut Ctx, resp: &mut ResponseHeader) {
@@ -509,20 +539,16 @@ impl ProxyHttp for MeshProxy {
             return Err(local_error());
         }
         let headers = &session.req_header().headers;
-        let (i, probe) = match cluster.choose(&ctx.failed, now, |name| {
-            headers.get(name).map(|v| v.as_bytes())
-        }) {
+        let pick = match ctx.preselected.take() {
+            Some((index, probe)) => Pick::Endpoint { index, probe },
+            None => cluster.choose(&ctx.failed, now, |name| {
+                headers.get(name).map(|v| v.as_bytes())
+            }),
+        };
+        let (i, probe) = match pick {
             Pick::Endpoint { index, probe } => (index, probe),
             Pick::BreakerOpen { retry_after } => {
-                let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
-                ctx.local = Some(
-                    LocalResponse::error(ErrorKind::NoHealthyUpstream)
-                        .with_header(http::header::RETRY_AFTER, HeaderValue::from(secs))
-                        .with_header(
-                            http::HeaderName::from_static("x-meshgate-breaker"),
-                            HeaderValue::from_static("open"),
-                        ),
-                );
+                ctx.local = Some(breaker_answer(retry_after));
                 return Err(local_error());
             }
             Pick::NoneHealthy => {
@@ -799,7 +825,12 @@ impl ProxyHttp for MeshProxy {
             None => classify(e).map(LocalResponse::error),
         };
         let code = match answer {
-            Some(a) => self.respond(session, ctx, a).await,
+            Some(mut a) => {
+                // Pingora does not reuse a client connection after a failure in the upstream
+                // phases, so say so instead of letting the client find out on its next write.
+                a.close = true;
+                self.respond(session, ctx, a).await
+            }
             None => 0,
         };
         FailToProxy {
@@ -825,6 +856,9 @@ impl ProxyHttp for MeshProxy {
             if let (true, Some(c), Some(i)) = (ctx.probe, &ctx.cluster, ctx.endpoint) {
                 c.cancel_probe(i);
             }
+        }
+        if let (Some((i, true)), Some(c)) = (ctx.preselected.take(), &ctx.cluster) {
+            c.cancel_probe(i);
         }
         ctx.in_flight = None;
         let status = session.response_written().map_or(0, |r| r.status.as_u16());

@@ -279,7 +279,7 @@ impl Cluster {
         // Breaker answer only when every endpoint is held back by its breaker.
         let mut earliest = retry_after;
         for (i, ep) in self.endpoints.iter().enumerate() {
-            match ep.state.breaker.try_peek_open(now) {
+            match ep.state.breaker.refusing(policy, now) {
                 Some(ra) => earliest = Some(earliest.map_or(ra, |r| r.min(ra))),
                 None if refused.contains(&i) => {}
                 None => return Pick::NoneHealthy,

@@ -165,10 +165,13 @@ impl Breaker {
         observed(self.lock().phase, now)
     }
 
-    /// `Some(time until half-open)` while the breaker is open at `now`, else `None`.
-    pub fn try_peek_open(&self, now: Instant) -> Option<Duration> {
+    /// `Some(time to wait)` while the breaker refuses attempts at `now` — open, or
+    /// half-open with every probe slot taken (then a short hint: probes decide soon) —
+    /// else `None`.
+    pub fn refusing(&self, policy: &BreakerPolicy, now: Instant) -> Option<Duration> {
         match self.lock().phase {
             Phase::Open { until } if now < until => Some(until - now),
+            Phase::HalfOpen { started, .. } if started >= policy.probes => Some(Duration::from_secs(1)),
             _ => None,
         }
     }

@@ -2,9 +2,10 @@
 //! 10-second window, plus a floor of 10 retries per second, so a failing upstream sees at
 //! most `(1 + ratio)` times its normal load instead of `attempts` times (a retry storm).
 //!
-//! Counters are per-second slots of atomics; a slot is recycled when a new second reaches
-//! it. Two threads recycling the same slot at once may lose a count — an acceptable
-//! imprecision for a budget, in exchange for a lock-free request path.
+//! Counters are 100 ms slots of atomics (so the window slides smoothly rather than jumping a
+//! second at a time); a slot is recycled when a new tick reaches it. Two threads recycling
+//! the same slot at once may lose a count — an acceptable imprecision for a budget, in
+//! exchange for a lock-free request path.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -13,48 +14,60 @@ use std::time::Instant;
 
 use super::since_epoch;
 
-/// Window length in one-second slots.
-const WINDOW_SECS: usize = 10;
+/// Window length in seconds.
+const WINDOW_SECS: u64 = 10;
+/// Slots per second.
+const SLOTS_PER_SEC: u64 = 10;
+const SLOTS: usize = (WINDOW_SECS * SLOTS_PER_SEC) as usize;
 /// Retries always allowed per second of window, whatever the ratio says.
 pub const FLOOR_PER_SEC: u32 = 10;
 
 #[derive(Debug, Default)]
 struct Slot {
-    second: AtomicU64,
+    tick: AtomicU64,
     requests: AtomicU32,
     retries: AtomicU32,
 }
 
 /// The budget of one route; survives reloads via [`BudgetRegistry`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RetryBudget {
-    slots: [Slot; WINDOW_SECS],
+    slots: Box<[Slot]>,
+}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        Self {
+            slots: (0..SLOTS).map(|_| Slot::default()).collect(),
+        }
+    }
 }
 
 impl RetryBudget {
     fn slot(&self, now: Instant) -> (&Slot, u64) {
-        let second = since_epoch(now).as_secs() + 1; // +1 so 0 means "never used"
-        let slot = &self.slots[(second % WINDOW_SECS as u64) as usize];
-        let seen = slot.second.load(Ordering::Relaxed);
-        if seen != second
+        // +1 so that 0 means "never used".
+        let tick = (since_epoch(now).as_millis() / (1000 / u128::from(SLOTS_PER_SEC))) as u64 + 1;
+        let slot = &self.slots[(tick % SLOTS as u64) as usize];
+        let seen = slot.tick.load(Ordering::Relaxed);
+        if seen != tick
             && slot
-                .second
-                .compare_exchange(seen, second, Ordering::Relaxed, Ordering::Relaxed)
+                .tick
+                .compare_exchange(seen, tick, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
             slot.requests.store(0, Ordering::Relaxed);
             slot.retries.store(0, Ordering::Relaxed);
         }
-        (slot, second)
+        (slot, tick)
     }
 
-    fn totals(&self, second: u64) -> (u64, u64) {
-        let oldest = second.saturating_sub(WINDOW_SECS as u64 - 1);
+    fn totals(&self, tick: u64) -> (u64, u64) {
+        let oldest = tick.saturating_sub(SLOTS as u64 - 1);
         self.slots
             .iter()
             .filter(|s| {
-                let sec = s.second.load(Ordering::Relaxed);
-                sec >= oldest && sec <= second
+                let t = s.tick.load(Ordering::Relaxed);
+                t >= oldest && t <= tick
             })
             .fold((0, 0), |(req, ret), s| {
                 (
@@ -71,10 +84,11 @@ impl RetryBudget {
 
     /// Takes one retry from the budget if `ratio` allows it; false when exhausted.
     pub fn try_retry(&self, ratio: f64, now: Instant) -> bool {
-        let (slot, second) = self.slot(now);
-        let (requests, retries) = self.totals(second);
+        let (slot, tick) = self.slot(now);
+        let (requests, retries) = self.totals(tick);
         let allowed = ratio * requests as f64 + f64::from(FLOOR_PER_SEC) * WINDOW_SECS as f64;
-        if (retries as f64) < allowed {
+        // Taking this retry must keep the total within the allowance.
+        if (retries + 1) as f64 <= allowed {
             slot.retries.fetch_add(1, Ordering::Relaxed);
             true
         } else {
