@@ -3,17 +3,25 @@
 //! request target, trailers and upgrades are all under the test's control.
 //!
 //! Behaviours (paths are matched exactly, as the backend receives them):
-//! - any other path: `200` with a JSON echo of the request (see [`Echo`]) and
-//!   header `x-backend: NAME`; the request is recorded for assertions;
+//! - any other path ("ordinary"): `200` with a JSON echo of the request (see
+//!   [`Echo`]) and header `x-backend: NAME`; the request is recorded for
+//!   assertions. The status and timing of ordinary answers can be scripted:
+//!   [`Backend::set_script`] (statuses for the next requests),
+//!   [`Backend::set_always`] (one status for all), [`Backend::set_delays`]
+//!   and [`Backend::set_delay`] (answer late), [`Backend::pause`] (hold
+//!   answers until [`Backend::resume`]). A request is recorded when it
+//!   arrives, before any of these apply, so counts include requests still
+//!   waiting;
 //! - `/healthz`: `200` or `503` per [`Backend::set_healthy`]; probes are
 //!   counted, not recorded;
 //! - `/slow?ms=N`: the echo, after N milliseconds;
-//! - `/status/CODE`: that status, with the echo as body;
+//! - `/status/CODE`: that status, with the echo as body (status scripts do
+//!   not apply, delays and pauses do);
 //! - `/ws` with `Upgrade: websocket`: a WebSocket echo;
 //! - `POST` with `content-type: application/grpc*`: `200`, the body echoed,
 //!   trailers `grpc-status: 0` and `grpc-message: ok`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -47,6 +55,8 @@ pub struct RecordedRequest {
     pub version: Version,
     pub headers: HeaderMap,
     pub body_len: usize,
+    /// The request body as received.
+    pub body: Bytes,
 }
 
 impl RecordedRequest {
@@ -63,6 +73,31 @@ struct State {
     healthy: AtomicBool,
     health_probes: AtomicUsize,
     requests: Mutex<Vec<RecordedRequest>>,
+    behaviour: Mutex<Behaviour>,
+    paused: watch::Sender<bool>,
+}
+
+/// How ordinary requests are answered (see the module comment).
+#[derive(Default)]
+struct Behaviour {
+    script: VecDeque<u16>,
+    always: Option<u16>,
+    delays: VecDeque<Duration>,
+    delay: Option<Duration>,
+}
+
+impl Behaviour {
+    /// Status override and delay for the next request; `/status/CODE`
+    /// requests (`fixed_status`) take no script entry.
+    fn next(&mut self, fixed_status: bool) -> (Option<u16>, Option<Duration>) {
+        let status = if fixed_status {
+            None
+        } else {
+            self.script.pop_front().or(self.always)
+        };
+        let delay = self.delays.pop_front().or(self.delay);
+        (status, delay)
+    }
 }
 
 /// A running test backend; stops serving (all connections closed) on drop.
@@ -128,6 +163,43 @@ impl Backend {
         lock(&self.state.requests).clear();
     }
 
+    /// The next ordinary requests are answered with these statuses, in order
+    /// (body: the usual echo); after that the answer is as before (`200`, or
+    /// [`Backend::set_always`]). Replaces any script not yet used up.
+    pub fn set_script(&self, statuses: Vec<u16>) {
+        lock(&self.state.behaviour).script = statuses.into();
+    }
+
+    /// Answers every ordinary request with `status` (when no script entry
+    /// is pending) until reset with `None`.
+    pub fn set_always(&self, status: Option<u16>) {
+        lock(&self.state.behaviour).always = status;
+    }
+
+    /// The next ordinary requests are answered after these delays, in order;
+    /// then [`Backend::set_delay`] applies again.
+    pub fn set_delays(&self, delays: Vec<Duration>) {
+        lock(&self.state.behaviour).delays = delays.into();
+    }
+
+    /// Delays every ordinary answer by this much (when no scripted delay is
+    /// pending) until reset with `None`.
+    pub fn set_delay(&self, delay: Option<Duration>) {
+        lock(&self.state.behaviour).delay = delay;
+    }
+
+    /// Holds every ordinary answer (requests are still recorded on arrival)
+    /// until [`Backend::resume`]: lets a test keep requests in flight for
+    /// exactly as long as it needs, without guessing a delay.
+    pub fn pause(&self) {
+        self.state.paused.send_replace(true);
+    }
+
+    /// Releases the requests held by [`Backend::pause`].
+    pub fn resume(&self) {
+        self.state.paused.send_replace(false);
+    }
+
     /// Stops accepting and closes every open connection: the endpoint is dead.
     pub fn stop(&self) {
         let _ = self.shutdown.send(true);
@@ -175,6 +247,8 @@ impl BackendBuilder {
             healthy: AtomicBool::new(self.healthy),
             health_probes: AtomicUsize::new(0),
             requests: Mutex::new(Vec::new()),
+            behaviour: Mutex::new(Behaviour::default()),
+            paused: watch::channel(false).0,
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         tokio::spawn(accept_loop(listener, state.clone(), shutdown_rx));
@@ -258,6 +332,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
         version: parts.version,
         headers: parts.headers,
         body_len: body.len(),
+        body: body.clone(),
     };
     lock(&state.requests).push(recorded.clone());
 
@@ -265,7 +340,17 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
         return Ok(grpc_echo(&state, body));
     }
 
-    let mut status = StatusCode::OK;
+    let (scripted, delay) = lock(&state.behaviour).next(recorded.path.starts_with("/status/"));
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
+    let mut paused = state.paused.subscribe();
+    // Err only if the sender is gone, which cannot happen while `state` lives.
+    let _ = paused.wait_for(|p| !*p).await;
+
+    let mut status = scripted
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .unwrap_or(StatusCode::OK);
     if recorded.path == "/slow" {
         let ms = query_param(recorded.query.as_deref(), "ms")
             .and_then(|v| v.parse::<u64>().ok())
@@ -392,6 +477,7 @@ fn websocket(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         version: req.version(),
         headers: req.headers().clone(),
         body_len: 0,
+        body: Bytes::new(),
     });
     tokio::spawn(async move {
         let Ok(upgraded) = hyper::upgrade::on(req).await else {
