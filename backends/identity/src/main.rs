@@ -1,0 +1,2 @@
+//! Dev OpenID Provider (placeholder; built in issue 5).
+fn main() {}
