@@ -57,7 +57,9 @@ pub fn main(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Run { config } => {
             crate::logging::init();
-            match crate::server::run(&config) {
+            let result = crate::server::run(&config);
+            crate::access_log::flush();
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(errors) => {
                     print_errors(&config, &errors);

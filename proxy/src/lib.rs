@@ -6,6 +6,7 @@
 //! downstream connections, and [`admin`], [`metrics`], [`reload`] and [`lifecycle`] operate
 //! the process. The binary's commands live in [`cli`].
 
+pub mod access_log;
 pub mod admin;
 pub mod cli;
 pub mod config;

@@ -76,6 +76,7 @@ fn spawn_exit_when_idle(grace: Duration) {
                 let since = *idle_since.get_or_insert_with(Instant::now);
                 if since.elapsed() >= settle {
                     tracing::info!("drained: no request in flight; exiting");
+                    crate::access_log::flush();
                     std::process::exit(0);
                 }
             } else {

@@ -48,6 +48,8 @@ pub struct Metrics {
     pub breaker_transitions: IntCounterVec,
     /// `meshgate_outlier_ejections_total{cluster,endpoint}`.
     pub ejections: IntCounterVec,
+    /// `meshgate_access_log_dropped_total`: lines dropped because stdout did not keep up.
+    pub access_log_dropped: IntCounter,
 }
 
 // The metric definitions are constants; a failure here is a programming error caught by the
@@ -180,6 +182,11 @@ fn build() -> Metrics {
         &["cluster", "endpoint"],
     )
     .expect("metric");
+    let access_log_dropped = IntCounter::new(
+        "meshgate_access_log_dropped_total",
+        "Access-log lines dropped because stdout did not keep up.",
+    )
+    .expect("metric");
     for c in [
         Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
         Box::new(duration.clone()),
@@ -198,6 +205,7 @@ fn build() -> Metrics {
         Box::new(breaker_state.clone()),
         Box::new(breaker_transitions.clone()),
         Box::new(ejections.clone()),
+        Box::new(access_log_dropped.clone()),
     ] {
         registry.register(c).expect("register");
     }
@@ -223,6 +231,7 @@ fn build() -> Metrics {
         breaker_state,
         breaker_transitions,
         ejections,
+        access_log_dropped,
     }
 }
 

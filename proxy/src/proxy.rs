@@ -289,7 +289,9 @@ impl MeshProxy {
         // from this phase (all breakers open, nothing healthy) keeps the client's connection,
         // while Pingora closes it after any failure in the upstream phases.
         let headers = &session.req_header().headers;
-        match cluster.choose(&[], Instant::now(), |name| headers.get(name).map(|v| v.as_bytes())) {
+        match cluster.choose(&[], Instant::now(), |name| {
+            headers.get(name).map(|v| v.as_bytes())
+        }) {
             Pick::Endpoint { index, probe } => ctx.preselected = Some((index, probe)),
             Pick::BreakerOpen { retry_after } => {
                 ctx.cluster = Some(cluster);
@@ -889,26 +891,25 @@ impl ProxyHttp for MeshProxy {
             ErrorType::Custom(LOCAL) => String::from("local_response"),
             _ => e.to_string(),
         });
-        tracing::info!(
-            target: "access",
-            request_id = %ctx.req.request_id,
-            client = %ctx.req.client_ip,
-            listener = %self.listener.name,
-            method = %req.method,
-            path = %req.uri.path(),
-            host = %ctx.host,
-            route = route,
-            cluster = cluster,
-            endpoint = ctx.endpoint_name(),
-            status = status,
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            bytes_sent = session.body_bytes_sent() as u64,
-            bytes_received = ctx.req.request_body_bytes,
-            attempts = ctx.attempts,
-            retry_reason = ctx.retry_reason.map(RetryReason::label),
-            retry_skipped = ctx.retry_skipped,
-            error = error.as_deref(),
-        );
+        crate::access_log::emit(&crate::access_log::Entry {
+            request_id: &ctx.req.request_id,
+            client: Some(ctx.req.client_ip),
+            listener: &self.listener.name,
+            method: req.method.as_str(),
+            path: req.uri.path(),
+            host: &ctx.host,
+            route,
+            cluster,
+            endpoint: ctx.endpoint_name(),
+            status,
+            duration_ms: elapsed.as_secs_f64() * 1000.0,
+            bytes_sent: session.body_bytes_sent() as u64,
+            bytes_received: ctx.req.request_body_bytes,
+            attempts: ctx.attempts,
+            retry_reason: ctx.retry_reason.map(RetryReason::label),
+            retry_skipped: ctx.retry_skipped,
+            error: error.as_deref(),
+        });
         if ctx.counted {
             METRICS.active_requests.dec();
             ctx.counted = false;

@@ -96,6 +96,7 @@ impl Reloader {
         {
             tracing::warn!("`stores` changes need a restart; the stores from start-up stay in use");
         }
+        crate::access_log::set_enabled(spec.runtime.access_log);
         self.runtime.store(Arc::new(rt));
         *last = bytes;
         METRICS.reloads.with_label_values(&["success"]).inc();

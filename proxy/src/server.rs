@@ -83,6 +83,7 @@ pub fn run(path: &Path) -> Result<(), Vec<ConfigError>> {
     let base = path.parent().unwrap_or(Path::new("."));
     let runtime = Arc::new(ArcSwap::from_pointee(rt));
     METRICS.config_generation.set(1);
+    crate::access_log::set_enabled(spec.runtime.access_log);
 
     check_addresses_free(&spec)?;
     let conf = ServerConf {

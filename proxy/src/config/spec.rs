@@ -151,6 +151,9 @@ pub struct RuntimeSpec {
     /// How long an idle downstream keep-alive connection is kept open.
     #[serde(default = "sixty_seconds")]
     pub idle_timeout: HumanDuration,
+    /// Write one JSON access-log line per request on stdout.
+    #[serde(default = "yes")]
+    pub access_log: bool,
 }
 
 impl Default for RuntimeSpec {
@@ -162,6 +165,7 @@ impl Default for RuntimeSpec {
             header_read_timeout: ten_seconds(),
             max_header_size: default_max_header(),
             idle_timeout: sixty_seconds(),
+            access_log: true,
         }
     }
 }

@@ -171,7 +171,9 @@ impl Breaker {
     pub fn refusing(&self, policy: &BreakerPolicy, now: Instant) -> Option<Duration> {
         match self.lock().phase {
             Phase::Open { until } if now < until => Some(until - now),
-            Phase::HalfOpen { started, .. } if started >= policy.probes => Some(Duration::from_secs(1)),
+            Phase::HalfOpen { started, .. } if started >= policy.probes => {
+                Some(Duration::from_secs(1))
+            }
             _ => None,
         }
     }
