@@ -21,16 +21,29 @@ fn a_key_that_does_not_match_its_certificate_fails_validation() {
     let b = ca.leaf("b", &["b.test"]);
     let dir = ConfigDir::new();
     let ports = Ports::new();
-    let good = dir.write("good.yaml", &tls_config(&ports, &a.cert_str(), &a.key_str()));
+    let good = dir.write(
+        "good.yaml",
+        &tls_config(&ports, &a.cert_str(), &a.key_str()),
+    );
     let out = meshgate_cmd(&["validate", &good]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let bad = dir.write("bad.yaml", &tls_config(&ports, &a.cert_str(), &b.key_str()));
     let out = meshgate_cmd(&["validate", &bad]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("listeners[0].tls") && stderr.contains("does not match"), "{stderr}");
-    assert!(!stderr.contains("PRIVATE KEY"), "key material must never be printed: {stderr}");
+    assert!(
+        stderr.contains("listeners[0].tls") && stderr.contains("does not match"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("PRIVATE KEY"),
+        "key material must never be printed: {stderr}"
+    );
 }
 
 #[test]
@@ -67,7 +80,14 @@ fn a_busy_listener_port_stops_the_process_at_once() {
     let out = meshgate_cmd_env(&["run", "-c", &cfg], &[], Duration::from_secs(20));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("listeners[0].address") && stderr.contains("cannot listen"), "{stderr}");
-    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert!(
+        stderr.contains("listeners[0].address") && stderr.contains("cannot listen"),
+        "{stderr}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
     drop(taken);
 }
