@@ -15,6 +15,7 @@ mod error;
 pub mod fault;
 mod filter;
 pub mod headers;
+pub mod jwt;
 pub mod rate_limit;
 pub mod units;
 

@@ -127,6 +127,8 @@ pub struct Entry<'a> {
     pub retry_reason: Option<&'a str>,
     /// Why a wanted retry did not happen.
     pub retry_skipped: Option<&'a str>,
+    /// Name of the verified API key's client.
+    pub api_client: Option<&'a str>,
     /// Error summary, if the request failed.
     pub error: Option<&'a str>,
 }
@@ -180,6 +182,9 @@ pub fn format(e: &Entry<'_>, now: SystemTime) -> String {
     }
     if let Some(r) = e.retry_skipped {
         push_str(&mut out, "retry_skipped", r);
+    }
+    if let Some(c) = e.api_client {
+        push_str(&mut out, "api_client", c);
     }
     if let Some(err) = e.error {
         push_str(&mut out, "error", err);

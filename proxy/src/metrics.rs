@@ -50,6 +50,8 @@ pub struct Metrics {
     pub ejections: IntCounterVec,
     /// `meshgate_access_log_dropped_total`: lines dropped because stdout did not keep up.
     pub access_log_dropped: IntCounter,
+    /// `meshgate_api_client_requests_total{route,client,status_class}`: requests by API client.
+    pub api_client_requests: IntCounterVec,
 }
 
 // The metric definitions are constants; a failure here is a programming error caught by the
@@ -187,6 +189,14 @@ fn build() -> Metrics {
         "Access-log lines dropped because stdout did not keep up.",
     )
     .expect("metric");
+    let api_client_requests = IntCounterVec::new(
+        Opts::new(
+            "meshgate_api_client_requests_total",
+            "Finished requests by API client (the name of a verified API key).",
+        ),
+        &["route", "client", "status_class"],
+    )
+    .expect("metric");
     for c in [
         Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
         Box::new(duration.clone()),
@@ -206,6 +216,7 @@ fn build() -> Metrics {
         Box::new(breaker_transitions.clone()),
         Box::new(ejections.clone()),
         Box::new(access_log_dropped.clone()),
+        Box::new(api_client_requests.clone()),
     ] {
         registry.register(c).expect("register");
     }
@@ -232,6 +243,7 @@ fn build() -> Metrics {
         breaker_transitions,
         ejections,
         access_log_dropped,
+        api_client_requests,
     }
 }
 

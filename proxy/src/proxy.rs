@@ -75,6 +75,8 @@ pub struct Ctx {
     retry_skipped: Option<&'static str>,
     /// Endpoint chosen during `request_filter` for the first attempt.
     preselected: Option<(usize, bool)>,
+    /// Pause before the next attempt, drawn when the retry was decided.
+    backoff: Duration,
 }
 
 impl Ctx {
@@ -101,6 +103,7 @@ impl Ctx {
             retry_reason: None,
             retry_skipped: None,
             preselected: None,
+            backoff: Duration::ZERO,
         }
     }
 
@@ -156,7 +159,11 @@ impl Ctx {
             self.retry_skipped = Some("body_over_64KiB");
             return false;
         }
-        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+        // The pause is drawn now so a retry is only promised when it can start before the
+        // deadline; otherwise the upstream's own answer (already in hand) is better than a
+        // 504 of ours after an empty wait.
+        let pause = policy.backoff(self.attempts + 1);
+        if self.deadline.is_some_and(|d| Instant::now() + pause >= d) {
             self.retry_skipped = Some("deadline");
             return false;
         }
@@ -172,6 +179,7 @@ impl Ctx {
             .retries
             .with_label_values(&[&route.name, reason.label()])
             .inc();
+        self.backoff = pause;
         self.retry_reason = Some(reason);
         self.retry_skipped = None;
         true
@@ -523,13 +531,10 @@ impl ProxyHttp for MeshProxy {
             .deadline
             .unwrap_or_else(|| Instant::now() + route.timeout);
         if ctx.attempts > 0 {
-            if let Some(policy) = &route.retry {
-                let pause = policy
-                    .backoff(ctx.attempts + 1)
-                    .min(deadline.saturating_duration_since(Instant::now()));
-                if !pause.is_zero() {
-                    tokio::time::sleep(pause).await;
-                }
+            let pause = std::mem::take(&mut ctx.backoff)
+                .min(deadline.saturating_duration_since(Instant::now()));
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
             }
         } else if let Some(policy) = &route.retry {
             policy.budget.record_request(Instant::now());
@@ -806,10 +811,14 @@ impl ProxyHttp for MeshProxy {
         if e.esource() == &ErrorSource::Upstream {
             ctx.record_attempt(Outcome::Failure);
         }
+        let has_policy = ctx.route.as_ref().is_some_and(|r| r.retry.is_some());
         let policy_retry = e.esource() == &ErrorSource::Upstream
             && reason.is_some_and(|r| ctx.may_retry(session, r, None));
         if policy_retry {
             e.set_retry(true);
+        } else if has_policy {
+            // The route's policy (attempts, budget, deadline) has the last word.
+            e.set_retry(false);
         } else if !session.req_header().method.is_idempotent()
             || session.as_ref().retry_buffer_truncated()
             || session.response_written().is_some()
@@ -877,6 +886,12 @@ impl ProxyHttp for MeshProxy {
             .duration
             .with_label_values(&[route, cluster, status_class(status)])
             .observe(elapsed.as_secs_f64());
+        if let Some(client) = &ctx.req.api_client {
+            METRICS
+                .api_client_requests
+                .with_label_values(&[route, client, status_class(status)])
+                .inc();
+        }
         if let Some(r) = ctx.route.clone() {
             for f in r.filters.filters()[..ctx.entered.min(r.filters.len())]
                 .iter()
@@ -908,6 +923,7 @@ impl ProxyHttp for MeshProxy {
             attempts: ctx.attempts,
             retry_reason: ctx.retry_reason.map(RetryReason::label),
             retry_skipped: ctx.retry_skipped,
+            api_client: ctx.req.api_client.as_deref(),
             error: error.as_deref(),
         });
         if ctx.counted {

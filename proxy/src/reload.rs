@@ -136,8 +136,11 @@ fn warn_restart_only_changes(old: &ConfigSpec, new: &ConfigSpec) {
     }
     if old.runtime.threads != new.runtime.threads
         || old.runtime.work_stealing != new.runtime.work_stealing
+        || old.runtime.grace_period != new.runtime.grace_period
     {
-        tracing::warn!("runtime.threads and runtime.work_stealing changes need a restart");
+        tracing::warn!(
+            "runtime.threads, runtime.work_stealing and runtime.grace_period changes need a restart"
+        );
     }
 }
 

@@ -30,4 +30,5 @@ pub mod config;
 pub mod diag;
 pub mod ports;
 pub mod proc;
+pub mod redis;
 pub mod wait;

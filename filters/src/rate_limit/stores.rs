@@ -48,6 +48,36 @@ pub(crate) struct SharedLimiter {
     pub(crate) local: LocalLimiter,
     pub(crate) counters: LimiterCounters,
     last_sweep: Mutex<Instant>,
+    /// Where this limiter's counts go when it is dropped (a reload changed or removed the
+    /// limit), so process-wide counters never go down.
+    retired: Arc<Retired>,
+}
+
+/// Counts of limiters that no longer exist.
+#[derive(Debug, Default)]
+struct Retired {
+    allowed: AtomicU64,
+    denied: AtomicU64,
+    global: AtomicU64,
+    fallback: AtomicU64,
+    overflow: AtomicU64,
+}
+
+impl Drop for SharedLimiter {
+    fn drop(&mut self) {
+        let c = &self.counters;
+        let r = &self.retired;
+        r.allowed
+            .fetch_add(c.allowed.load(Ordering::Relaxed), Ordering::Relaxed);
+        r.denied
+            .fetch_add(c.denied.load(Ordering::Relaxed), Ordering::Relaxed);
+        r.global
+            .fetch_add(c.global.load(Ordering::Relaxed), Ordering::Relaxed);
+        r.fallback
+            .fetch_add(c.fallback.load(Ordering::Relaxed), Ordering::Relaxed);
+        r.overflow
+            .fetch_add(self.local.overflowed(), Ordering::Relaxed);
+    }
 }
 
 struct Inner {
@@ -55,6 +85,7 @@ struct Inner {
     on_error: OnError,
     max_keys: usize,
     limiters: Mutex<HashMap<LimiterId, Weak<SharedLimiter>>>,
+    retired: Arc<Retired>,
     /// Dropping it (with the last `RateLimitStores` clone) stops the housekeeping thread.
     _stop: mpsc::Sender<()>,
 }
@@ -166,6 +197,7 @@ impl RateLimitStores {
             on_error: spec.on_error,
             max_keys: spec.max_keys,
             limiters: Mutex::new(HashMap::new()),
+            retired: Arc::default(),
             _stop: stop,
         });
         let weak = Arc::downgrade(&inner);
@@ -206,6 +238,7 @@ impl RateLimitStores {
             local,
             counters: LimiterCounters::default(),
             last_sweep: Mutex::new(Instant::now()),
+            retired: self.inner.retired.clone(),
         });
         map.insert(id, Arc::downgrade(&shared));
         Some(shared)
@@ -215,9 +248,18 @@ impl RateLimitStores {
         live(&self.inner)
     }
 
-    /// Current counters, summed over all limiters, plus the Redis connection's.
+    /// Current counters, summed over all limiters (including ones a reload retired, so
+    /// counters never go down), plus the Redis connection's.
     pub fn stats(&self) -> RateLimitStats {
-        let mut s = RateLimitStats::default();
+        let r = &self.inner.retired;
+        let mut s = RateLimitStats {
+            allowed: r.allowed.load(Ordering::Relaxed),
+            denied: r.denied.load(Ordering::Relaxed),
+            global_decisions: r.global.load(Ordering::Relaxed),
+            fallback_decisions: r.fallback.load(Ordering::Relaxed),
+            overflow_decisions: r.overflow.load(Ordering::Relaxed),
+            ..RateLimitStats::default()
+        };
         for l in self.live() {
             let c = &l.counters;
             s.allowed += c.allowed.load(Ordering::Relaxed);

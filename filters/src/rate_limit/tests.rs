@@ -357,3 +357,33 @@ async fn redis_down_with_deny_refuses() {
         assert_eq!(header(&answer, "retry-after"), Some("1"));
     }
 }
+
+#[test]
+fn process_counters_never_go_down_when_a_reload_retires_a_limiter() {
+    let stores = RateLimitStores::new(None).expect("stores");
+    let spec: RateLimitSpec =
+        serde_json::from_value(serde_json::json!({ "key": "route", "rate": "2/s", "burst": 2 }))
+            .expect("spec");
+    let filter = RateLimitFilter::new(&spec, "r", 0, &stores).expect("filter");
+    let req = pingora::http::RequestHeader::build("GET", b"/", None).expect("req");
+    for _ in 0..3 {
+        let view = crate::RequestView {
+            header: &req,
+            path: "/",
+            host: "",
+            peer: None,
+        };
+        let mut ctx = crate::RequestCtx::default();
+        let _ = crate::Filter::request_filter(&filter, view, &mut ctx);
+    }
+    let before = stores.stats();
+    assert_eq!((before.allowed, before.denied), (2, 1));
+    drop(filter);
+    let after = stores.stats();
+    assert_eq!(
+        (after.allowed, after.denied),
+        (2, 1),
+        "counts of a retired limiter are kept"
+    );
+    assert_eq!(after.limiters, 0);
+}

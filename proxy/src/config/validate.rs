@@ -128,11 +128,12 @@ pub(super) fn validate(
     if rt.grace_period.get() > Duration::from_secs(3600) {
         err("runtime.grace_period".into(), "must be at most 1h".into());
     }
-    // Pingora refuses header blocks above ~1 MiB on its own; below 1 KiB nothing real fits.
-    if !(1024..=1024 * 1024).contains(&rt.max_header_size.bytes()) {
+    // Pingora refuses header blocks above ~1 MiB with its own bare 400; keeping our limit
+    // well below makes every oversized header get our 431. Below 1 KiB nothing real fits.
+    if !(1024..=512 * 1024).contains(&rt.max_header_size.bytes()) {
         err(
             "runtime.max_header_size".into(),
-            "must be between 1KiB and 1MiB".into(),
+            "must be between 1KiB and 512KiB".into(),
         );
     }
 
