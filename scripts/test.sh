@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 scripts/deps.sh
 
 # End-to-end tests start the real binary, so build it first.
-cargo build -p meshgate
+cargo build -p meshgate -p identity
 
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast

@@ -152,6 +152,7 @@ fn rate_limit_metrics(shared: &SharedState) -> String {
         "# HELP meshgate_rate_limit_tracked_keys Keys tracked by local limiters.\n# TYPE meshgate_rate_limit_tracked_keys gauge\nmeshgate_rate_limit_tracked_keys {}",
         s.tracked_keys
     );
+    jwt_metrics(shared, &mut out);
     let per = shared.rate_limits.limiter_stats();
     if !per.is_empty() {
         let _ = writeln!(
@@ -169,6 +170,52 @@ fn rate_limit_metrics(shared: &SharedState) -> String {
         }
     }
     out
+}
+
+/// Per-provider JWT counters (kept in the filter crate) in the text exposition format.
+fn jwt_metrics(shared: &SharedState, out: &mut String) {
+    use std::fmt::Write as _;
+    let providers = shared.providers();
+    if providers.is_empty() {
+        return;
+    }
+    let stats: Vec<_> = providers.iter().map(|(n, p)| (n, p.stats())).collect();
+    let _ = writeln!(out, "# HELP meshgate_jwks_fetches_total JWKS refreshes by provider and outcome.\n# TYPE meshgate_jwks_fetches_total counter");
+    for (name, s) in &stats {
+        for (outcome, n) in s.jwks_fetches {
+            let _ = writeln!(
+                out,
+                "meshgate_jwks_fetches_total{{provider=\"{name}\",outcome=\"{}\"}} {n}",
+                outcome.as_str()
+            );
+        }
+    }
+    let _ = writeln!(out, "# HELP meshgate_jwt_validation_failures_total Refused bearer tokens by provider and reason.\n# TYPE meshgate_jwt_validation_failures_total counter");
+    for (name, s) in &stats {
+        for (reason, n) in s.failures {
+            let _ = writeln!(
+                out,
+                "meshgate_jwt_validation_failures_total{{provider=\"{name}\",reason=\"{}\"}} {n}",
+                reason.as_str()
+            );
+        }
+    }
+    let _ = writeln!(out, "# HELP meshgate_jwt_accepted_total Bearer tokens accepted by provider.\n# TYPE meshgate_jwt_accepted_total counter");
+    for (name, s) in &stats {
+        let _ = writeln!(
+            out,
+            "meshgate_jwt_accepted_total{{provider=\"{name}\"}} {}",
+            s.accepted
+        );
+    }
+    let _ = writeln!(out, "# HELP meshgate_jwt_keys_loaded Usable signing keys by provider (0: none loaded; jwt routes answer 401).\n# TYPE meshgate_jwt_keys_loaded gauge");
+    for (name, s) in &stats {
+        let _ = writeln!(
+            out,
+            "meshgate_jwt_keys_loaded{{provider=\"{name}\"}} {}",
+            s.keys_loaded
+        );
+    }
 }
 
 #[async_trait]

@@ -645,8 +645,13 @@ impl ProxyHttp for MeshProxy {
             }
         }
 
-        if let Ok(v) = HeaderValue::from_str(&ctx.req.request_id) {
-            let _ = upstream.insert_header(X_REQUEST_ID, v);
+        // The upstream request is a copy of the client's: a valid client id is already
+        // there, so only a generated (or replaced) id costs a header insert.
+        let client_id = upstream.headers.get(X_REQUEST_ID).map(|v| v.as_bytes());
+        if client_id != Some(ctx.req.request_id.as_bytes()) {
+            if let Ok(v) = HeaderValue::from_str(&ctx.req.request_id) {
+                let _ = upstream.insert_header(X_REQUEST_ID, v);
+            }
         }
         if let Some(tp) = ctx.traceparent {
             let _ = upstream.insert_header(TRACEPARENT, tp.to_header());

@@ -38,6 +38,29 @@ pub fn compile_file(path: &Path) -> Result<(Runtime, Arc<SharedState>), Vec<Conf
     Ok((rt, Arc::new(shared)))
 }
 
+/// Loads each OpenID Provider's keys before the first request needs them, and retries
+/// providers that have none yet (a provider that starts after the proxy).
+struct ProviderPrefetch(Arc<SharedState>);
+
+#[async_trait]
+impl BackgroundService for ProviderPrefetch {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            for (name, p) in self.0.providers() {
+                if !p.has_keys() {
+                    if let Err(e) = p.prefetch().await {
+                        tracing::warn!(provider = %name, error = %e, "cannot load the provider's signing keys yet; jwt routes answer 401 until they load");
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
 struct HealthService(Arc<ArcSwap<Runtime>>);
 
 #[async_trait]
@@ -146,6 +169,10 @@ pub fn run(path: &Path) -> Result<(), Vec<ConfigError>> {
     server.add_service(background_service(
         "health checks",
         HealthService(runtime.clone()),
+    ));
+    server.add_service(background_service(
+        "provider keys",
+        ProviderPrefetch(registry.clone()),
     ));
     let reloader = Arc::new(Reloader::new(path.to_path_buf(), runtime.clone(), registry));
     server.add_service(background_service("config reload", ReloadService(reloader)));

@@ -14,11 +14,17 @@
 //!
 //! Arguments win over the environment. Both addresses are `ip:port` literals: resolving
 //! names is not something the baseline should spend time on.
+//!
+//! `BARE_PINGORA_L4_READ_BUFFER=BYTES` (optional, for experiments only) replaces Pingora's
+//! per-connection downstream read buffer (64 KiB by default, `0` = unbuffered) so the
+//! harness can measure what that buffer costs in memory per idle connection and in
+//! throughput. The benchmark's `bare-pingora` target leaves it unset.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use async_trait::async_trait;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::prelude::*;
 use pingora::proxy::{http_proxy_service, ProxyHttp, Session};
 use pingora::server::configuration::ServerConf;
@@ -49,18 +55,30 @@ fn address(args: &[String], index: usize, var: &str) -> Result<SocketAddr, Strin
         .map_err(|e| format!("{var}: `{raw}` is not an ip:port address: {e}"))
 }
 
+/// The optional downstream read-buffer size from `BARE_PINGORA_L4_READ_BUFFER`.
+fn read_buffer() -> Result<Option<usize>, String> {
+    match std::env::var("BARE_PINGORA_L4_READ_BUFFER") {
+        Err(_) => Ok(None),
+        Ok(raw) => raw
+            .parse()
+            .map(Some)
+            .map_err(|e| format!("BARE_PINGORA_L4_READ_BUFFER: `{raw}` is not a byte count: {e}")),
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "-h" || a == "--help") {
         println!("usage: bare-pingora LISTEN_ADDR UPSTREAM_ADDR  (or BARE_PINGORA_LISTEN / BARE_PINGORA_UPSTREAM)");
         return ExitCode::SUCCESS;
     }
-    let (listen, upstream) = match (
+    let (listen, upstream, read_buffer) = match (
         address(&args, 1, "BARE_PINGORA_LISTEN"),
         address(&args, 2, "BARE_PINGORA_UPSTREAM"),
+        read_buffer(),
     ) {
-        (Ok(l), Ok(u)) => (l, u),
-        (Err(e), _) | (_, Err(e)) => {
+        (Ok(l), Ok(u), Ok(r)) => (l, u, r),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
             eprintln!("bare-pingora: {e}");
             return ExitCode::from(2);
         }
@@ -78,8 +96,14 @@ fn main() -> ExitCode {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let mut service = http_proxy_service(&server.configuration, Bare { upstream });
-    service.add_tcp(&listen.to_string());
+    let mut endpoint = ListenerConfig::tcp(listen.to_string());
+    if let Some(bytes) = read_buffer {
+        endpoint = endpoint.l4_buffer(L4BufferSettings::default().read(bytes));
+    }
+    service.add_listener(endpoint);
     server.add_service(service);
-    eprintln!("bare-pingora: listening on {listen}, upstream {upstream}");
+    eprintln!(
+        "bare-pingora: listening on {listen}, upstream {upstream}, read buffer {read_buffer:?}"
+    );
     server.run_forever()
 }

@@ -98,6 +98,8 @@ pub fn load_str(
 pub(crate) struct Partial {
     /// Clusters whose definition failed to parse (references to them are not "unknown").
     pub failed_clusters: std::collections::HashSet<String>,
+    /// Providers whose definition failed to parse.
+    pub failed_providers: std::collections::HashSet<String>,
     /// Some top-level section failed entirely (`clusters`, `listeners`, `service`, …).
     pub failed_sections: std::collections::HashSet<&'static str>,
     /// Position in the file of each parsed listener (entries that failed are skipped).
@@ -199,6 +201,7 @@ fn deserialize_sections(root: &Value, errors: &mut Vec<ConfigError>) -> (ConfigS
     let admin = take("admin", false, errors).map(|v| section(v, "admin", errors));
     let runtime = take("runtime", false, errors).map(|v| section(v, "runtime", errors));
     let stores = take("stores", false, errors).map(|v| section(v, "stores", errors));
+    let providers_value = take("providers", false, errors);
     let listeners = take("listeners", true, errors).map(|v| list(v, "listeners", errors));
     let clusters_value = take("clusters", false, errors);
     let routes_value = take("routes", false, errors);
@@ -240,6 +243,30 @@ fn deserialize_sections(root: &Value, errors: &mut Vec<ConfigError>) -> (ConfigS
         }
     }
 
+    let mut providers = std::collections::BTreeMap::new();
+    match providers_value {
+        None => {}
+        Some(Value::Object(entries)) => {
+            for (name, v) in entries {
+                match section(v, &child_key("providers", name), errors) {
+                    Some(p) => {
+                        providers.insert(name.clone(), p);
+                    }
+                    None => {
+                        partial.failed_providers.insert(name.clone());
+                    }
+                }
+            }
+        }
+        Some(_) => {
+            errors.push(ConfigError::new(
+                "providers",
+                "expected a mapping of provider names",
+            ));
+            partial.failed_sections.insert("providers");
+        }
+    }
+
     let mut routes = Vec::new();
     match routes_value {
         None => {}
@@ -276,6 +303,7 @@ fn deserialize_sections(root: &Value, errors: &mut Vec<ConfigError>) -> (ConfigS
         admin: admin.flatten(),
         runtime: runtime.flatten().unwrap_or_default(),
         stores: stores.flatten().unwrap_or_default(),
+        providers,
         clusters,
         routes,
     };

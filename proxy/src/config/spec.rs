@@ -12,6 +12,7 @@ use meshgate_filters::api_key::ApiKeySpec;
 use meshgate_filters::cors::CorsSpec;
 use meshgate_filters::fault::FaultSpec;
 use meshgate_filters::headers::HeadersSpec;
+use meshgate_filters::jwt::{JwtSpec, ProviderSpec};
 use meshgate_filters::rate_limit::{RateLimitSpec, RateLimitStoreSpec};
 use meshgate_filters::units::{ByteSize, HumanDuration, Percent};
 use serde::{Deserialize, Serialize};
@@ -25,6 +26,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "admin",
     "runtime",
     "stores",
+    "providers",
     "clusters",
     "routes",
 ];
@@ -50,6 +52,9 @@ pub struct ConfigSpec {
     /// Where state shared between replicas lives.
     #[serde(default)]
     pub stores: StoresSpec,
+    /// OpenID Providers, referenced by name from `jwt` filters (and later the BFF).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub providers: BTreeMap<String, ProviderSpec>,
     /// Named groups of upstream endpoints.
     #[serde(default)]
     pub clusters: BTreeMap<String, ClusterSpec>,
@@ -416,6 +421,8 @@ pub enum FilterSpec {
     ApiKey(ApiKeySpec),
     /// CORS policy and preflight answers.
     Cors(CorsSpec),
+    /// Bearer JWT validation against a provider's keys.
+    Jwt(JwtSpec),
 }
 
 impl FilterSpec {
@@ -429,6 +436,7 @@ impl FilterSpec {
             FilterSpec::RateLimit(_) => "rate_limit",
             FilterSpec::ApiKey(_) => "api_key",
             FilterSpec::Cors(_) => "cors",
+            FilterSpec::Jwt(_) => "jwt",
         }
     }
 }

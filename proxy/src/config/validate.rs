@@ -149,6 +149,17 @@ pub(super) fn validate(
         }
     }
 
+    // Providers.
+    for (name, p) in &spec.providers {
+        let base = child_key("providers", name);
+        if !valid_name(name) {
+            err(base.clone(), name_rule(name));
+        }
+        for e in p.check() {
+            err(join_rel(&base, &e.path), e.message);
+        }
+    }
+
     // Clusters.
     for (name, c) in &spec.clusters {
         let base = child_key("clusters", name);
@@ -228,6 +239,27 @@ pub(super) fn validate(
         check_match(&r.matcher, &child_key(&base, "match"), &mut err);
         check_rewrite(r, &base, &mut err);
         check_target(spec, partial, r, &base, &mut err);
+        for (j, f) in r.filters.iter().enumerate() {
+            if let super::spec::FilterSpec::Jwt(jwt) = f {
+                let fbase = child_key(&child_index(&child_key(&base, "filters"), j), "jwt");
+                for e in jwt.check() {
+                    err(join_rel(&fbase, &e.path), e.message);
+                }
+                let known = spec.providers.contains_key(&jwt.provider)
+                    || partial.failed_providers.contains(&jwt.provider)
+                    || partial.failed_sections.contains("providers");
+                if !known {
+                    err(
+                        child_key(&fbase, "provider"),
+                        format!(
+                            "unknown provider {:?}{}",
+                            jwt.provider,
+                            suggestion(&jwt.provider, spec.providers.keys())
+                        ),
+                    );
+                }
+            }
+        }
         if r.timeout.get().is_zero() {
             err(
                 child_key(&base, "timeout"),
@@ -388,6 +420,16 @@ fn check_pem(
     // never key material.
     if let Err(msg) = crate::tls::check_pair(base_dir, cert, key) {
         err(base.to_string(), msg);
+    }
+}
+
+/// `base.rel`, or `base` when `rel` is empty (filter specs report paths relative to
+/// their own key).
+fn join_rel(base: &str, rel: &str) -> String {
+    if rel.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}.{rel}")
     }
 }
 

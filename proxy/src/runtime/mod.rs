@@ -21,6 +21,7 @@ use meshgate_filters::body_limit::BodyLimitFilter;
 use meshgate_filters::cors::CorsFilter;
 use meshgate_filters::fault::FaultFilter;
 use meshgate_filters::headers::HeadersFilter;
+use meshgate_filters::jwt::{JwtFilter, Provider};
 use meshgate_filters::rate_limit::{RateLimitFilter, RateLimitStores};
 use meshgate_filters::{Filter, FilterChain};
 
@@ -46,6 +47,8 @@ pub struct SharedState {
     pub rate_limits: RateLimitStores,
     /// The `stores` section these were built from (JSON), to detect changes on reload.
     pub stores_fingerprint: String,
+    /// OpenID Providers by name: their key caches survive reloads that keep them compatible.
+    providers: std::sync::Mutex<std::collections::HashMap<String, Arc<Provider>>>,
 }
 
 impl SharedState {
@@ -56,7 +59,37 @@ impl SharedState {
             budgets: BudgetRegistry::default(),
             rate_limits: RateLimitStores::new(stores.rate_limits.as_ref())?,
             stores_fingerprint: serde_json::to_string(stores).unwrap_or_default(),
+            providers: std::sync::Mutex::default(),
         })
+    }
+
+    /// The provider `name` for `spec`: the existing one when its settings are compatible
+    /// (keeping its key cache), else a new one.
+    pub fn provider(
+        &self,
+        name: &str,
+        spec: &meshgate_filters::jwt::ProviderSpec,
+    ) -> Result<Arc<Provider>, Vec<meshgate_filters::SpecError>> {
+        let mut map = self
+            .providers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(p) = map.get(name).filter(|p| p.is_compatible(spec)) {
+            return Ok(p.clone());
+        }
+        let p = Provider::new(spec)?;
+        map.insert(name.to_string(), p.clone());
+        Ok(p)
+    }
+
+    /// Every provider currently known, with its name (for metrics and prefetching).
+    pub fn providers(&self) -> Vec<(String, Arc<Provider>)> {
+        self.providers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(n, p)| (n.clone(), p.clone()))
+            .collect()
     }
 }
 
@@ -122,6 +155,7 @@ impl Runtime {
                 r,
                 &child_index("routes", i),
                 &clusters,
+                &spec.providers,
                 shared,
                 base_dir,
                 &mut errors,
@@ -172,6 +206,7 @@ fn compile_route(
     r: &RouteSpec,
     base: &str,
     clusters: &BTreeMap<String, Arc<Cluster>>,
+    providers: &BTreeMap<String, meshgate_filters::jwt::ProviderSpec>,
     shared: &SharedState,
     base_dir: &Path,
     errors: &mut Vec<ConfigError>,
@@ -273,6 +308,26 @@ fn compile_route(
             filters.push(Arc::new(RetryMarker));
             continue;
         }
+        if let FilterSpec::Jwt(jwt) = f {
+            let Some(pspec) = providers.get(&jwt.provider) else {
+                errors.push(ConfigError::new(
+                    format!("{fbase}.provider"),
+                    format!("unknown provider {:?}", jwt.provider),
+                ));
+                continue;
+            };
+            let made = shared
+                .provider(&jwt.provider, pspec)
+                .and_then(|p| JwtFilter::new(jwt, p));
+            match made {
+                Ok(f) => filters.push(Arc::new(f)),
+                Err(errs) => errors.extend(
+                    errs.into_iter()
+                        .map(|e| ConfigError::new(child_key_path(&fbase, &e.path), e.message)),
+                ),
+            }
+            continue;
+        }
         match compile_filter(f, &r.name, i, shared, base_dir) {
             Ok(f) => filters.push(f),
             Err(errs) => errors.extend(
@@ -333,5 +388,12 @@ fn compile_filter(
         FilterSpec::Fault(f) => Arc::new(FaultFilter::new(f)?),
         // Compiled into the route's retry policy by `compile_route`.
         FilterSpec::Retry(_) => Arc::new(RetryMarker),
+        // Compiled by `compile_route`, which has the providers.
+        FilterSpec::Jwt(_) => {
+            return Err(vec![meshgate_filters::SpecError::new(
+                "",
+                "internal: jwt compiled elsewhere",
+            )])
+        }
     })
 }

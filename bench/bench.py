@@ -1,0 +1,1266 @@
+#!/usr/bin/env python3
+"""meshgate benchmark driver: meshgate side by side with nginx, HAProxy and bare Pingora.
+
+`bench/run.sh` installs the tools and builds the binaries, then calls this script, which
+owns everything else: it generates every config into a temporary directory, starts one
+fixed backend and every target on free loopback ports, checks each target answers
+correctly, measures in alternating rounds (A B C ... A B C ...), and writes
+`bench/results/<date>-<machine>.{md,json,svg}`. Standard library only, so it runs on a
+fresh Debian machine with nothing but python3.
+
+Targets (all forward to the same backend, an nginx with one worker):
+
+    direct          the backend itself, no proxy: the ceiling on this machine
+    nginx           nginx reverse proxy, 1 worker, upstream keep-alive
+    haproxy         HAProxy, nbthread 1, http-reuse always
+    bare-pingora    bench/bare-pingora: Pingora ProxyHttp with no filters
+    meshgate-plain  meshgate, a route with no filters
+    meshgate-chain  meshgate, the route with the filter chain in CHAIN_FILTERS
+
+Measurements per target:
+
+    throughput   wrk, 1 thread, 64 keep-alive connections, tiny body and 16 KiB body
+    latency      oha at a fixed open-loop rate (50% of nginx's measured tiny-body max),
+                 with latency correction (coordinated omission), p50/p99/p99.9
+    cpu          proxy CPU time per request during the throughput runs (/proc/PID/stat)
+    memory       peak RSS (VmHWM) after all load; RSS with 10,000 idle keep-alive
+                 client connections, each of which has completed one request
+
+CPU pinning on a machine with at least 2 cores: the proxy under test runs alone on
+PROXY_CPU; the load generator and the backend share LOADGEN_CPU. For `direct`, the
+backend is moved to PROXY_CPU for the duration of its runs, so the ceiling is measured
+with the same two cores. On one core nothing is pinned.
+
+Run `python3 bench/bench.py --help` for options; `python3 -m unittest bench/test_bench.py`
+tests the parsing, statistics and report code without starting anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = ROOT / "bench" / "results"
+README = ROOT / "bench" / "README.md"
+RELEASE = ROOT / "target" / "release"
+
+# The filter chain of the `meshgate-chain` target, one YAML flow mapping per filter, in
+# request order. Adding a filter to the benchmark is adding one line here; the report
+# lists exactly what this chain contained.
+CHAIN_FILTERS = [
+    "headers: { request: { set: { x-env: bench } }, response: { remove: [server] } }",
+    "body_limit: 1MB",
+]
+CHAIN_PREFIX = "/chain"
+
+TINY_BODY = b"hello, world\n"
+LARGE_BODY_SIZE = 16 * 1024
+# Body name -> (path on the backend, expected body length).
+BODIES = {"tiny": ("/tiny", len(TINY_BODY)), "16k": ("/16k", LARGE_BODY_SIZE)}
+
+CONNECTIONS = 64
+IDLE_CONNECTIONS = 10_000
+LOADGEN_CPU = 0
+PROXY_CPU = 1
+TARGET_ORDER = ["direct", "nginx", "haproxy", "bare-pingora", "meshgate-plain", "meshgate-chain"]
+DESCRIPTIONS = {
+    "direct": "the backend itself, no proxy (ceiling)",
+    "nginx": "nginx, 1 worker, upstream keepalive 128, proxy_http_version 1.1",
+    "haproxy": "HAProxy, nbthread 1, http-reuse always",
+    "bare-pingora": "bench/bare-pingora: Pingora ProxyHttp, no filters",
+    "meshgate-plain": "meshgate, route without filters",
+    "meshgate-chain": "meshgate, route with the filter chain",
+}
+
+
+# ---------------------------------------------------------------------------- parsing
+
+@dataclass
+class WrkResult:
+    """One wrk run."""
+
+    requests: int
+    seconds: float
+    rps: float
+    socket_errors: int
+    non_2xx: int
+
+    def to_json(self) -> dict:
+        return self.__dict__.copy()
+
+
+def parse_wrk(text: str) -> WrkResult:
+    """Parses wrk's plain-text summary; raises ValueError when it is not one."""
+    done = re.search(r"^\s*(\d+) requests in ([\d.]+)(us|ms|s|m)\b", text, re.M)
+    rps = re.search(r"^Requests/sec:\s+([\d.]+)", text, re.M)
+    if not done or not rps:
+        raise ValueError(f"not a wrk summary: {text[:200]!r}")
+    scale = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[done.group(3)]
+    errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text
+    )
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    return WrkResult(
+        requests=int(done.group(1)),
+        seconds=float(done.group(2)) * scale,
+        rps=float(rps.group(1)),
+        socket_errors=sum(int(g) for g in errors.groups()) if errors else 0,
+        non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
+    )
+
+
+@dataclass
+class LatencyResult:
+    """One open-loop latency run; latencies in milliseconds."""
+
+    target_rps: float
+    achieved_rps: float
+    p50: float
+    p99: float
+    p999: float
+    success_rate: float
+    errors: int
+
+    def to_json(self) -> dict:
+        return self.__dict__.copy()
+
+
+def parse_oha(text: str, target_rps: float) -> LatencyResult:
+    """Parses `oha --output-format json` output (latencies there are in seconds)."""
+    data = json.loads(text)
+    pct = data.get("latencyPercentiles") or {}
+    summary = data.get("summary") or {}
+    errors = data.get("errorDistribution") or {}
+
+    def ms(key: str) -> float:
+        value = pct.get(key)
+        if value is None:
+            raise ValueError(f"oha output lacks latencyPercentiles.{key}")
+        return float(value) * 1000.0
+
+    return LatencyResult(
+        target_rps=target_rps,
+        achieved_rps=float(summary.get("requestsPerSec") or 0.0),
+        p50=ms("p50"),
+        p99=ms("p99"),
+        p999=ms("p99.9"),
+        success_rate=float(summary.get("successRate") or 0.0),
+        errors=sum(int(v) for v in errors.values()),
+    )
+
+
+def parse_status_kib(text: str, key: str) -> int:
+    """Reads a `Key:   1234 kB` line of /proc/PID/status."""
+    m = re.search(rf"^{re.escape(key)}:\s+(\d+) kB", text, re.M)
+    return int(m.group(1)) if m else 0
+
+
+def parse_stat_ticks(text: str) -> int:
+    """utime + stime (clock ticks) from a /proc/PID/stat line."""
+    # The command name may contain spaces and parentheses; fields resume after the last ')'.
+    rest = text[text.rindex(")") + 2 :].split()
+    return int(rest[11]) + int(rest[12])
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def chain_filter_names(filters: list[str]) -> list[str]:
+    return [f.split(":", 1)[0].strip() for f in filters]
+
+
+# ---------------------------------------------------------------------------- processes
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free loopback ports (held open together so they differ)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and all its descendants (nginx is a master plus a worker)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def read_proc(pid: int, name: str) -> str:
+    try:
+        with open(f"/proc/{pid}/{name}") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def tree_kib(pid: int, key: str) -> int:
+    return sum(parse_status_kib(read_proc(p, "status"), key) for p in process_tree(pid))
+
+
+def tree_ticks(pid: int) -> int:
+    total = 0
+    for p in process_tree(pid):
+        stat = read_proc(p, "stat")
+        if stat:
+            total += parse_stat_ticks(stat)
+    return total
+
+
+def system_busy_ticks() -> int:
+    """user + nice + system ticks of all CPUs (the time processes were running)."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()[1:]
+    return int(fields[0]) + int(fields[1]) + int(fields[2])
+
+
+def wait_quiet(max_other_pct: float, timeout_s: float, window_s: float = 0.5) -> float:
+    """Waits until the machine's busy time is below `max_other_pct` of one core over a short
+    window (our servers are idle between runs, so what is busy is someone else), or until
+    `timeout_s`. Returns the seconds waited."""
+    hz = os.sysconf("SC_CLK_TCK")
+    start = time.monotonic()
+    while True:
+        b0 = system_busy_ticks()
+        time.sleep(window_s)
+        busy_pct = 100.0 * (system_busy_ticks() - b0) / hz / window_s
+        waited = time.monotonic() - start
+        if busy_pct <= max_other_pct or waited >= timeout_s:
+            return waited
+
+
+def pin_tree(pid: int, cpu: int | None) -> None:
+    """Moves every thread of a running process tree to one CPU."""
+    if cpu is None:
+        return
+    for p in process_tree(pid):
+        try:
+            tids = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                os.sched_setaffinity(int(tid), {cpu})
+            except OSError:
+                pass
+
+
+def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, dict, bytes]:
+    """A minimal HTTP/1.1 GET (Connection: close) returning status, headers, body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    return status, headers, body
+
+
+class Procs:
+    """Every process the driver started, stopped in reverse order on exit."""
+
+    def __init__(self, logdir: Path):
+        self.logdir = logdir
+        self.started: list[tuple[str, subprocess.Popen]] = []
+
+    def start(self, name: str, cmd: list[str], cpu: int | None, stdout_devnull: bool = False) -> subprocess.Popen:
+        out = subprocess.DEVNULL if stdout_devnull else open(self.logdir / f"{name}.out", "wb")
+        err = open(self.logdir / f"{name}.err", "wb")
+        proc = subprocess.Popen(
+            taskset(cpu) + cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+        self.started.append((name, proc))
+        return proc
+
+    def stop_all(self) -> None:
+        for _, proc in reversed(self.started):
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGINT)
+                except OSError:
+                    pass
+        deadline = time.monotonic() + 5
+        for _, proc in reversed(self.started):
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except OSError:
+                    pass
+                proc.wait()
+        self.started.clear()
+
+
+def taskset(cpu: int | None) -> list[str]:
+    return ["taskset", "-c", str(cpu)] if cpu is not None else []
+
+
+def wait_ready(check: Callable[[], bool], proc: subprocess.Popen, what: str, deadline_s: float = 30.0) -> None:
+    """Polls `check` until it is true, the process dies, or the deadline passes."""
+    deadline = time.monotonic() + deadline_s
+    last_error = ""
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode} before it was ready")
+        try:
+            if check():
+                return
+        except (OSError, ValueError, IndexError) as e:
+            last_error = str(e)
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} not ready within {deadline_s}s ({last_error})")
+
+
+# ---------------------------------------------------------------------------- configs
+
+def backend_nginx_conf(tmp: Path, port: int, nofile: int) -> str:
+    """The fixed fast backend: one nginx worker serving two static files from memory."""
+    return f"""\
+worker_processes 1;
+daemon off;
+pid {tmp}/backend.pid;
+error_log {tmp}/backend.error.log warn;
+worker_rlimit_nofile {nofile};
+events {{ worker_connections {nofile - 100}; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush off;
+    keepalive_timeout 300s;
+    keepalive_requests 100000000;
+    open_file_cache max=16 inactive=300s;
+    open_file_cache_valid 300s;
+    default_type text/plain;
+    client_body_temp_path {tmp}/backend-body;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        root {tmp}/www;
+        # Echo the header the filter chain sets, so the harness can check the chain ran.
+        add_header x-seen-env $http_x_env;
+    }}
+}}
+"""
+
+
+def proxy_nginx_conf(tmp: Path, port: int, backend: int, nofile: int) -> str:
+    return f"""\
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx.error.log warn;
+worker_rlimit_nofile {nofile};
+events {{ worker_connections {nofile - 100}; }}
+http {{
+    access_log off;
+    keepalive_timeout 300s;
+    keepalive_requests 100000000;
+    client_body_temp_path {tmp}/nginx-body;
+    proxy_temp_path {tmp}/nginx-proxy;
+    upstream backend {{
+        server 127.0.0.1:{backend};
+        keepalive 128;
+        keepalive_requests 100000000;
+        keepalive_timeout 300s;
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
+
+
+def haproxy_conf(port: int, backend: int, idle: int) -> str:
+    # HAProxy reserves two descriptors per connection and by default refuses to start when
+    # it cannot raise the limit that far; idle client connections need only one each (their
+    # server connections are pooled), so allow the lower limit instead of capping maxconn.
+    return f"""\
+global
+    nbthread 1
+    maxconn {idle + 500}
+    no strict-limits
+
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+    timeout http-keep-alive 300s
+    http-reuse always
+
+frontend public
+    bind 127.0.0.1:{port}
+    default_backend backend
+
+backend backend
+    server b1 127.0.0.1:{backend}
+"""
+
+
+def meshgate_conf(port: int, admin: int, backend: int, chain: list[str]) -> str:
+    filters = "\n".join(f"      - {f}" for f in chain)
+    return f"""\
+# Generated by bench/bench.py.
+mode: edge
+service: bench
+listeners:
+  - name: public
+    address: 127.0.0.1:{port}
+admin: {{ address: 127.0.0.1:{admin} }}
+runtime: {{ threads: 1, work_stealing: false, idle_timeout: 300s }}
+clusters:
+  backend:
+    endpoints: ["127.0.0.1:{backend}"]
+routes:
+  - name: chain
+    match: {{ path_prefix: {CHAIN_PREFIX} }}
+    to: backend
+    filters:
+{filters}
+  - name: plain
+    to: backend
+"""
+
+
+# ---------------------------------------------------------------------------- targets
+
+@dataclass
+class Target:
+    name: str
+    port: int
+    proc: subprocess.Popen | None  # None for `direct` (the backend process is used)
+    prefix: str = ""
+
+    def url(self, body: str) -> str:
+        return f"http://127.0.0.1:{self.port}{self.prefix}{BODIES[body][0]}"
+
+
+@dataclass
+class Bench:
+    args: argparse.Namespace
+    tmp: Path
+    procs: Procs
+    pinned: bool
+    nofile: int
+    backend_port: int = 0
+    waited_total: float = 0.0
+    backend_proc: subprocess.Popen | None = None
+    targets: dict[str, Target] = field(default_factory=dict)
+
+    @property
+    def proxy_cpu(self) -> int | None:
+        return PROXY_CPU if self.pinned else None
+
+    @property
+    def loadgen_cpu(self) -> int | None:
+        return LOADGEN_CPU if self.pinned else None
+
+    def pid_of(self, t: Target) -> int:
+        proc = t.proc or self.backend_proc
+        assert proc is not None
+        return proc.pid
+
+    # -- start -------------------------------------------------------------------------
+
+    def start_all(self) -> None:
+        www = self.tmp / "www"
+        (www / CHAIN_PREFIX.strip("/")).mkdir(parents=True)
+        large = bytes((i * 7 + 13) % 26 + 97 for i in range(LARGE_BODY_SIZE))
+        for d in (www, www / CHAIN_PREFIX.strip("/")):
+            (d / "tiny").write_bytes(TINY_BODY)
+            (d / "16k").write_bytes(large)
+        # nginx workers may run as an unprivileged user: let them read the temp tree.
+        for p in [self.tmp, *self.tmp.rglob("*")]:
+            p.chmod(0o755 if p.is_dir() else 0o644)
+
+        ports = free_ports(9)
+        self.backend_port = ports[0]
+        conf = self.tmp / "backend.conf"
+        conf.write_text(backend_nginx_conf(self.tmp, self.backend_port, self.nofile))
+        self.backend_proc = self.procs.start(
+            "backend", ["nginx", "-e", str(self.tmp / "backend.error.log"), "-p", str(self.tmp), "-c", str(conf)],
+            self.loadgen_cpu,
+        )
+        self._ready(Target("direct", self.backend_port, None), self.backend_proc)
+        self.targets["direct"] = Target("direct", self.backend_port, None)
+
+        wanted = set(self.args.targets)
+        if "nginx" in wanted:
+            conf = self.tmp / "nginx.conf"
+            conf.write_text(proxy_nginx_conf(self.tmp, ports[1], self.backend_port, self.nofile))
+            p = self.procs.start(
+                "nginx", ["nginx", "-e", str(self.tmp / "nginx.error.log"), "-p", str(self.tmp), "-c", str(conf)],
+                self.proxy_cpu,
+            )
+            self._add(Target("nginx", ports[1], p))
+        if "haproxy" in wanted:
+            conf = self.tmp / "haproxy.cfg"
+            conf.write_text(haproxy_conf(ports[2], self.backend_port, self.args.idle_connections))
+            p = self.procs.start("haproxy", ["haproxy", "-db", "-f", str(conf)], self.proxy_cpu)
+            self._add(Target("haproxy", ports[2], p))
+        if "bare-pingora" in wanted:
+            p = self.procs.start(
+                "bare-pingora",
+                [str(RELEASE / "bare-pingora"), f"127.0.0.1:{ports[3]}", f"127.0.0.1:{self.backend_port}"],
+                self.proxy_cpu,
+            )
+            self._add(Target("bare-pingora", ports[3], p))
+        for name, port, admin in (("meshgate-plain", ports[4], ports[5]), ("meshgate-chain", ports[6], ports[7])):
+            if name not in wanted:
+                continue
+            conf = self.tmp / f"{name}.yaml"
+            conf.write_text(meshgate_conf(port, admin, self.backend_port, CHAIN_FILTERS))
+            check = subprocess.run(
+                [str(RELEASE / "meshgate"), "validate", str(conf)], capture_output=True, text=True
+            )
+            if check.returncode != 0:
+                raise RuntimeError(f"generated {conf.name} does not validate:\n{check.stdout}{check.stderr}")
+            # The access log (one JSON line per request on stdout) is formatted and written
+            # as in production, into /dev/null so the disk is not part of the measurement.
+            p = self.procs.start(
+                name, [str(RELEASE / "meshgate"), "run", "-c", str(conf)], self.proxy_cpu, stdout_devnull=True
+            )
+            wait_ready(lambda a=admin: http_get(a, "/readyz")[0] == 200, p, f"{name} /readyz")
+            prefix = CHAIN_PREFIX if name == "meshgate-chain" else ""
+            self._add(Target(name, port, p, prefix))
+        self.targets = {n: self.targets[n] for n in TARGET_ORDER if n in self.targets and n in wanted}
+
+    def _add(self, t: Target) -> None:
+        assert t.proc is not None
+        self._ready(t, t.proc)
+        self.targets[t.name] = t
+
+    def _ready(self, t: Target, proc: subprocess.Popen) -> None:
+        path, size = BODIES["tiny"]
+
+        def ok() -> bool:
+            status, _, body = http_get(t.port, t.prefix + path)
+            return status == 200 and len(body) == size
+
+        wait_ready(ok, proc, t.name)
+
+    # -- checks ------------------------------------------------------------------------
+
+    def verify(self) -> dict[str, list[str]]:
+        """Each target returns the right bodies; the chain really ran its filters."""
+        notes: dict[str, list[str]] = {}
+        for t in self.targets.values():
+            seen = []
+            for body, (path, size) in BODIES.items():
+                status, headers, got = http_get(t.port, t.prefix + path)
+                if status != 200 or len(got) != size:
+                    raise RuntimeError(f"{t.name} {path}: status {status}, {len(got)} bytes (want 200, {size})")
+                seen.append(f"{body}: 200, {size} B")
+                if t.name == "meshgate-chain" and "headers" in chain_filter_names(CHAIN_FILTERS):
+                    if headers.get("x-seen-env") != "bench" or "server" in headers:
+                        raise RuntimeError(f"meshgate-chain did not apply its headers filter: {headers}")
+            if t.name == "meshgate-chain":
+                seen.append("backend saw x-env: bench; response has no server header")
+            notes[t.name] = seen
+        return notes
+
+    # -- measurements ------------------------------------------------------------------
+
+    def place_backend(self, target: str) -> None:
+        """`direct` gets the proxy's core for the backend; proxied runs share LOADGEN_CPU."""
+        if self.pinned and self.backend_proc:
+            pin_tree(self.backend_proc.pid, PROXY_CPU if target == "direct" else LOADGEN_CPU)
+
+    def _measured(self, t: Target, run: Callable[[], dict]) -> dict:
+        """Runs one measurement on a quiet machine and records where the CPU time went.
+
+        The machine may be shared (other builds and tests): before each run the driver waits
+        for the cores to be quiet, then attributes CPU time during the run to the proxy, the
+        backend, the load generator and everything else ("other"). A run with more than
+        `--max-other-cpu` of foreign load is repeated (up to `--retries` times) and the
+        least disturbed attempt is kept; the report shows the other-load figure per run.
+        """
+        hz = os.sysconf("SC_CLK_TCK")
+        best: dict | None = None
+        for attempt in range(1 + self.args.retries):
+            # Past the run's waiting budget a busy machine is measured as it is (and flagged).
+            spare = max(0.0, self.args.wait_budget - self.waited_total)
+            if attempt > 0 and spare <= 0:
+                break
+            t_wait = time.monotonic()
+            waited = wait_quiet(self.args.max_other_cpu, min(self.args.quiet_timeout, spare))
+            self.waited_total += time.monotonic() - t_wait
+            self.place_backend(t.name)
+            pid = self.pid_of(t)
+            backend = self.backend_proc.pid if self.backend_proc and self.backend_proc.pid != pid else None
+            proxy0, backend0 = tree_ticks(pid), tree_ticks(backend) if backend else 0
+            busy0 = system_busy_ticks()
+            ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            t0 = time.monotonic()
+            row = run()
+            elapsed = time.monotonic() - t0
+            # The load generator's CPU time: reaped children's usage grows by exactly this run.
+            ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            gen_s = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
+            proxy_s = (tree_ticks(pid) - proxy0) / hz
+            backend_s = (tree_ticks(backend) - backend0) / hz if backend else 0.0
+            busy_s = (system_busy_ticks() - busy0) / hz
+            other_s = max(0.0, busy_s - proxy_s - backend_s - gen_s)
+            row.update(
+                proxy_cpu_s=proxy_s,
+                proxy_cpu_pct=100.0 * proxy_s / elapsed,
+                backend_cpu_pct=100.0 * backend_s / elapsed,
+                loadgen_cpu_pct=100.0 * gen_s / elapsed,
+                other_cpu_pct=100.0 * other_s / elapsed,
+                quiet_wait_s=round(waited, 1),
+                attempt=attempt + 1,
+            )
+            if best is None or row["other_cpu_pct"] < best["other_cpu_pct"]:
+                best = row
+            if row["other_cpu_pct"] <= self.args.max_other_cpu:
+                break
+            self.waited_total += elapsed  # a repeated run also spends the budget
+            log(f"  {t.name}: {row['other_cpu_pct']:.0f}% of a core was other load during the run; "
+                f"attempt {attempt + 1}/{1 + self.args.retries}")
+        assert best is not None
+        return best
+
+    def wrk(self, t: Target, body: str, seconds: float) -> dict:
+        cmd = taskset(self.loadgen_cpu) + [
+            "wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds:g}s", "--timeout", "5s", t.url(body)
+        ]
+
+        def run() -> dict:
+            out = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT).stdout
+            return parse_wrk(out.decode(errors="replace")).to_json()
+
+        row = self._measured(t, run)
+        row["proxy_cpu_us_per_req"] = 1e6 * row["proxy_cpu_s"] / row["requests"] if row["requests"] else 0.0
+        return row
+
+    def oha(self, t: Target, rate: float, seconds: float) -> dict:
+        cmd = taskset(self.loadgen_cpu) + [
+            self.args.oha, "--no-tui", "--output-format", "json", "-c", str(CONNECTIONS),
+            "-z", f"{seconds:g}s", "-q", f"{rate:.0f}", "--latency-correction", t.url("tiny"),
+        ]
+
+        def run() -> dict:
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            return parse_oha(out, rate).to_json()
+
+        return self._measured(t, run)
+
+    async def _idle(self, port: int, path: str, count: int, measure: Callable[[], dict]) -> dict:
+        req = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+        sem = asyncio.Semaphore(200)
+
+        async def one():
+            async with sem:
+                r, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 15)
+                w.write(req)
+                await w.drain()
+                head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 15)
+                m = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
+                await asyncio.wait_for(r.readexactly(int(m.group(1)) if m else 0), 15)
+                return w
+
+        results = await asyncio.gather(*(one() for _ in range(count)), return_exceptions=True)
+        writers = [w for w in results if isinstance(w, asyncio.StreamWriter)]
+        failures = [repr(e) for e in results if not isinstance(e, asyncio.StreamWriter)]
+        await asyncio.sleep(1.0)  # let the proxy settle into its idle state
+        measured = measure()
+        still_open = sum(1 for w in writers if not w.is_closing())
+        for w in writers:
+            w.close()
+        await asyncio.gather(*(w.wait_closed() for w in writers), return_exceptions=True)
+        measured.update(opened=len(writers), still_open=still_open, failures=len(failures),
+                        first_failure=failures[0] if failures else None)
+        return measured
+
+    def idle_rss(self, t: Target, count: int) -> dict:
+        pid = self.pid_of(t)
+        before = tree_kib(pid, "VmRSS")
+
+        def measure() -> dict:
+            return {"rss_kib": tree_kib(pid, "VmRSS")}
+
+        res = asyncio.run(self._idle(t.port, t.prefix + BODIES["tiny"][0], count, measure))
+        res["rss_before_kib"] = before
+        res["delta_kib"] = res["rss_kib"] - before
+        time.sleep(1.0)  # closed connections drain before the next target
+        return res
+
+
+# ---------------------------------------------------------------------------- machine
+
+def run_text(cmd: list[str]) -> str:
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
+        return (p.stdout + p.stderr).strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "unavailable"
+
+
+def machine_info(oha: str | None) -> dict:
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem_kib = parse_status_kib(Path("/proc/meminfo").read_text(), "MemTotal")
+    lock = (ROOT / "Cargo.lock").read_text() if (ROOT / "Cargo.lock").exists() else ""
+    m = re.search(r'name = "pingora-core"\nversion = "([^"]+)"', lock)
+    git = run_text(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
+    dirty = run_text(["git", "-C", str(ROOT), "status", "--porcelain"])
+    return {
+        "hostname": socket.gethostname(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_kib / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "os": _os_name(),
+        "nginx": run_text(["nginx", "-v"]).replace("nginx version: ", ""),
+        "haproxy": run_text(["haproxy", "-v"]).splitlines()[0],
+        "wrk": run_text(["wrk", "-v"]).splitlines()[0],
+        "oha": run_text([oha, "--version"]) if oha else "not installed",
+        "rustc": run_text(["rustc", "--version"]),
+        "pingora": m.group(1) if m else "unknown",
+        "meshgate_commit": git + (" (with uncommitted changes)" if dirty and dirty != "unavailable" else ""),
+        "python": platform.python_version(),
+    }
+
+
+def _os_name() -> str:
+    try:
+        text = Path("/etc/os-release").read_text()
+    except OSError:
+        return platform.system()
+    m = re.search(r'^PRETTY_NAME="?([^"\n]+)"?', text, re.M)
+    return m.group(1) if m else platform.system()
+
+
+# ---------------------------------------------------------------------------- summary
+
+def summarize(raw: dict) -> dict:
+    """Medians per target, ratios, and the issue-7 targets, from the raw runs."""
+    out: dict = {"targets": {}}
+    for name, t in raw["targets"].items():
+        s: dict = {}
+        for body in BODIES:
+            runs = t["throughput"].get(body, [])
+            if runs:
+                rps = [r["rps"] for r in runs]
+                s[f"{body}_rps"] = median(rps)
+                s[f"{body}_rps_min"] = min(rps)
+                s[f"{body}_rps_max"] = max(rps)
+                s[f"{body}_cpu_us_per_req"] = median([r["proxy_cpu_us_per_req"] for r in runs])
+                s[f"{body}_cpu_pct"] = median([r["proxy_cpu_pct"] for r in runs])
+                s[f"{body}_errors"] = sum(r["socket_errors"] + r["non_2xx"] for r in runs)
+        lat = t.get("latency", [])
+        if lat:
+            for k in ("p50", "p99", "p999", "achieved_rps"):
+                s[k] = median([r[k] for r in lat])
+            s["latency_errors"] = sum(r["errors"] for r in lat)
+        s.update({f"mem_{k}": v for k, v in t.get("memory", {}).items() if not isinstance(v, (dict, type(None)))})
+        out["targets"][name] = s
+
+    T = out["targets"]
+
+    def ratio(a: str, b: str, key: str) -> float | None:
+        if a in T and b in T and T[a].get(key) and T[b].get(key):
+            return T[a][key] / T[b][key]
+        return None
+
+    ratios = {}
+    for body in BODIES:
+        key = f"{body}_rps"
+        for name in T:
+            r = ratio(name, "nginx", key)
+            if r is not None:
+                ratios[f"{name}/nginx {body}"] = r
+        for a, b in (("meshgate-plain", "bare-pingora"), ("meshgate-plain", "haproxy"),
+                     ("meshgate-chain", "meshgate-plain"), ("bare-pingora", "nginx")):
+            r = ratio(a, b, key)
+            if r is not None:
+                ratios[f"{a}/{b} {body}"] = r
+    out["ratios"] = ratios
+
+    goals = []
+
+    def goal(text: str, value: float | None, ok: Callable[[float], bool], fmt: str) -> None:
+        if value is None:
+            goals.append({"goal": text, "value": "not measured", "met": None})
+        else:
+            goals.append({"goal": text, "value": fmt.format(value), "met": bool(ok(value))})
+
+    for body in BODIES:
+        goal(f"meshgate plain ≥ 0.95× bare Pingora ({body})", ratios.get(f"meshgate-plain/bare-pingora {body}"),
+             lambda v: v >= 0.95, "{:.2f}×")
+        goal(f"meshgate plain ≥ 1.0× nginx ({body})", ratios.get(f"meshgate-plain/nginx {body}"),
+             lambda v: v >= 1.0, "{:.2f}×")
+        goal(f"chain ≥ 0.85× plain ({body})", ratios.get(f"meshgate-chain/meshgate-plain {body}"),
+             lambda v: v >= 0.85, "{:.2f}×")
+    goals.append({"goal": "BFF route ≥ 0.7× plain", "value": "not measured (bff filter not implemented yet)",
+                  "met": None})
+    for name in ("meshgate-plain", "meshgate-chain"):
+        if name in T and "nginx" in T and "p99" in T[name] and "p99" in T["nginx"]:
+            diff = T[name]["p99"] - T["nginx"]["p99"]
+            goal(f"{name} p99 ≤ nginx p99 + 0.5 ms", diff, lambda v: v <= 0.5, "{:+.3f} ms vs nginx")
+        if name in T and "nginx" in T and T[name].get("mem_idle_delta_kib") is not None \
+                and T["nginx"].get("mem_idle_delta_kib") is not None:
+            goal(f"{name} idle-connection memory ≤ nginx's",
+                 T[name]["mem_idle_delta_kib"] / max(1, T["nginx"]["mem_idle_delta_kib"]),
+                 lambda v: v <= 1.0, "{:.2f}× nginx's")
+    out["goals"] = goals
+    return out
+
+
+# ---------------------------------------------------------------------------- report
+
+def fmt_rps(v: float | None) -> str:
+    return "–" if v is None else f"{v / 1000:.1f}k"
+
+
+def fmt_ratio(v: float | None) -> str:
+    return "–" if v is None else f"{v:.2f}×"
+
+
+def fmt_ms(v: float | None) -> str:
+    return "–" if v is None else f"{v:.3f}"
+
+
+def fmt_mib(kib: float | None) -> str:
+    return "–" if kib is None else f"{kib / 1024:.1f}"
+
+
+def summary_table(raw: dict, summary: dict) -> str:
+    T = summary["targets"]
+    nginx = T.get("nginx", {})
+    lines = [
+        "| target | tiny rps | ×nginx | 16 KiB rps | ×nginx | proxy CPU µs/req (tiny) "
+        "| p50 ms | p99 ms | p99.9 ms | peak RSS MiB | RSS 10k idle MiB (Δ) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, s in T.items():
+        def rel(body: str) -> str:
+            if name == "nginx" or not nginx.get(f"{body}_rps") or not s.get(f"{body}_rps"):
+                return "1.00×" if name == "nginx" else "–"
+            return fmt_ratio(s[f"{body}_rps"] / nginx[f"{body}_rps"])
+
+        idle = "–"
+        if s.get("mem_idle_rss_kib") is not None:
+            idle = f"{fmt_mib(s['mem_idle_rss_kib'])} (+{fmt_mib(s.get('mem_idle_delta_kib'))})"
+        cpu = s.get("tiny_cpu_us_per_req")
+        lines.append(
+            f"| {name} | {fmt_rps(s.get('tiny_rps'))} | {rel('tiny')} | {fmt_rps(s.get('16k_rps'))} | {rel('16k')} "
+            f"| {'–' if cpu is None else f'{cpu:.1f}'} | {fmt_ms(s.get('p50'))} | {fmt_ms(s.get('p99'))} "
+            f"| {fmt_ms(s.get('p999'))} | {fmt_mib(s.get('mem_peak_kib'))} | {idle} |"
+        )
+    return "\n".join(lines)
+
+
+def markdown(raw: dict, summary: dict, chart_name: str) -> str:
+    m = raw["machine"]
+    p = raw["parameters"]
+    T = summary["targets"]
+    out = [
+        f"# meshgate benchmark — {raw['date']} — {raw['machine_label']}",
+        "",
+        f"Command: `{raw['command']}`" + ("  (quick mode: indicative only)" if p["quick"] else ""),
+        "",
+        "## Machine",
+        "",
+        "| | |",
+        "|---|---|",
+    ]
+    for k in ("cpu", "cores", "memory_gib", "kernel", "os", "nginx", "haproxy", "wrk", "oha", "rustc",
+              "pingora", "meshgate_commit", "hostname"):
+        out.append(f"| {k} | {m.get(k)} |")
+    out += [
+        "",
+        "## Method",
+        "",
+        f"- Rounds: {p['rounds']}, alternating targets (A B C … A B C …); every number is the median of the rounds.",
+        f"- Throughput: `wrk -t1 -c{CONNECTIONS} -d{p['duration']:g}s`, HTTP/1.1 keep-alive, "
+        f"tiny body ({len(TINY_BODY)} B) and 16 KiB body.",
+        f"- Latency: `oha -c{CONNECTIONS} -q {p.get('latency_rate', 0):.0f} --latency-correction -z {p['latency_duration']:g}s` "
+        "(open loop at 50% of nginx's median tiny-body max, coordinated omission corrected), tiny body.",
+        f"- Pinning: {p['pinning']}",
+        "- Proxy CPU µs/req: CPU time of the proxy's processes (utime+stime) during the tiny-body throughput runs "
+        "divided by the requests served; it does not depend on which core was the bottleneck.",
+        f"- Memory: peak RSS = VmHWM summed over the proxy's processes after all load; idle = VmRSS with "
+        f"{p['idle_connections']:,} idle keep-alive client connections that each completed one request, "
+        "Δ = increase over the RSS just before they were opened.",
+        f"- meshgate-chain filters, in order: {', '.join(chain_filter_names(raw['chain_filters']))} "
+        f"(metrics and the JSON access log are always on in meshgate; its access log goes to /dev/null). "
+        "jwt, rate_limit, retry, circuit_breaker and bff are not implemented yet, so they are not in the chain "
+        "and the BFF target is not measured.",
+        "",
+        "## Results",
+        "",
+        summary_table(raw, summary),
+        "",
+        f"![throughput and latency]({chart_name})",
+        "",
+        "## Ratios",
+        "",
+        "| ratio | value |",
+        "|---|---:|",
+    ]
+    for k, v in summary["ratios"].items():
+        out.append(f"| {k} | {v:.3f} |")
+    out += ["", "## Issue 7 targets", "", "| goal | measured | met |", "|---|---|---|"]
+    for g in summary["goals"]:
+        met = "n/a" if g["met"] is None else ("yes" if g["met"] else "**no**")
+        out.append(f"| {g['goal']} | {g['value']} | {met} |")
+    out += [
+        "",
+        "## Every round",
+        "",
+        "Proxy CPU % is the proxy's share of its core (100 = the proxy was the bottleneck); "
+        "load-gen core % is wrk plus the backend, which share the other core (near 100 = the "
+        "load-generator core, not the proxy, limited the run); other load % is CPU time used by "
+        "processes outside the benchmark during the runs (the machine may be shared), worst round.",
+        "",
+        "| target | body | requests/s per round | proxy CPU % | load-gen core % | other load % | errors |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for name, t in raw["targets"].items():
+        for body, runs in t["throughput"].items():
+            rounds = ", ".join(f"{r['rps']:.0f}" for r in runs)
+            cpu = median([r["proxy_cpu_pct"] for r in runs])
+            gen = median([r["loadgen_cpu_pct"] + r["backend_cpu_pct"] for r in runs])
+            other = max(r["other_cpu_pct"] for r in runs)
+            errs = sum(r["socket_errors"] + r["non_2xx"] for r in runs)
+            out.append(f"| {name} | {body} | {rounds} | {cpu:.0f} | {gen:.0f} | {other:.0f} | {errs} |")
+    if any(t.get("latency") for t in raw["targets"].values()):
+        out += ["", "| target | p99 ms per round | achieved rps | other load % | errors |", "|---|---|---|---:|---:|"]
+        for name, t in raw["targets"].items():
+            lat = t.get("latency", [])
+            if lat:
+                p99s = ", ".join(f"{r['p99']:.3f}" for r in lat)
+                achieved = ", ".join(f"{r['achieved_rps']:.0f}" for r in lat)
+                other = max(r["other_cpu_pct"] for r in lat)
+                out.append(f"| {name} | {p99s} | {achieved} | {other:.0f} | {sum(r['errors'] for r in lat)} |")
+    out += ["", "## Checks before measuring", ""]
+    for name, notes in raw.get("checks", {}).items():
+        out.append(f"- {name}: {'; '.join(notes)}")
+    idle_notes = [
+        f"- {name}: {t['memory'].get('opened', 0):,} opened, {t['memory'].get('still_open', 0):,} still open when measured"
+        + (f", {t['memory']['failures']} failed ({t['memory']['first_failure']})" if t['memory'].get('failures') else "")
+        for name, t in raw["targets"].items() if t.get("memory", {}).get("opened") is not None
+    ]
+    if idle_notes:
+        out += ["", "Idle connections:", "", *idle_notes]
+    if raw.get("notes"):
+        out += ["", "## Notes", "", *[f"- {n}" for n in raw["notes"]]]
+    return "\n".join(out) + "\n"
+
+
+def svg_chart(summary: dict) -> str:
+    """Two panels without dependencies: throughput relative to nginx, and latency percentiles."""
+    T = summary["targets"]
+    names = list(T)
+    nginx = T.get("nginx", {})
+    width, panel_h, top = 960, 300, 40
+    colors = {"tiny": "#4e79a7", "16k": "#f28e2b", "p50": "#59a14f", "p99": "#e15759", "p999": "#b07aa1"}
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{2 * panel_h + 2 * top + 60}" '
+        'font-family="sans-serif" font-size="12">',
+        '<rect width="100%" height="100%" fill="white"/>',
+    ]
+
+    def panel(y0: int, title: str, series: list[str], value: Callable[[str, str], float | None],
+              unit: str, ref: float | None) -> None:
+        left, plot_w, plot_h = 70, width - 90, panel_h - 70
+        vals = [value(n, s) for n in names for s in series]
+        vmax = max([v for v in vals if v is not None] + [ref or 0, 1e-9]) * 1.15
+        parts.append(f'<text x="{left}" y="{y0 + 16}" font-size="15" font-weight="bold">{title}</text>')
+        base = y0 + 30 + plot_h
+        parts.append(f'<line x1="{left}" y1="{base}" x2="{left + plot_w}" y2="{base}" stroke="#333"/>')
+        for i in range(5):
+            v = vmax * i / 4
+            y = base - plot_h * i / 4
+            parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}" stroke="#eee"/>')
+            parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{v:.2f}</text>')
+        parts.append(f'<text x="16" y="{y0 + 30 + plot_h / 2:.0f}" transform="rotate(-90 16 '
+                     f'{y0 + 30 + plot_h / 2:.0f})" text-anchor="middle">{unit}</text>')
+        if ref is not None:
+            y = base - plot_h * ref / vmax
+            parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}" '
+                         'stroke="#333" stroke-dasharray="4 3"/>')
+        group_w = plot_w / max(1, len(names))
+        bar_w = group_w * 0.8 / len(series)
+        for gi, n in enumerate(names):
+            gx = left + gi * group_w + group_w * 0.1
+            for si, s in enumerate(series):
+                v = value(n, s)
+                if v is None:
+                    continue
+                h = plot_h * v / vmax
+                x = gx + si * bar_w
+                parts.append(f'<rect x="{x:.1f}" y="{base - h:.1f}" width="{bar_w - 2:.1f}" height="{h:.1f}" '
+                             f'fill="{colors[s]}"/>')
+                parts.append(f'<text x="{x + bar_w / 2 - 1:.1f}" y="{base - h - 4:.1f}" text-anchor="middle" '
+                             f'font-size="10">{v:.2f}</text>')
+            parts.append(f'<text x="{gx + group_w * 0.4:.1f}" y="{base + 16}" text-anchor="middle">{n}</text>')
+        lx = left + plot_w - 90 * len(series)
+        for si, s in enumerate(series):
+            label = {"tiny": "tiny body", "16k": "16 KiB body", "p999": "p99.9"}.get(s, s)
+            parts.append(f'<rect x="{lx + si * 90}" y="{y0 + 6}" width="10" height="10" fill="{colors[s]}"/>')
+            parts.append(f'<text x="{lx + si * 90 + 14}" y="{y0 + 15}">{label}</text>')
+
+    def thr(n: str, body: str) -> float | None:
+        v, ref = T[n].get(f"{body}_rps"), nginx.get(f"{body}_rps")
+        return v / ref if v and ref else None
+
+    panel(top - 20, "Throughput relative to nginx (64 connections, higher is better)", ["tiny", "16k"], thr,
+          "× nginx", 1.0)
+    panel(top + panel_h + 20, "Latency at 50% of nginx's max, open loop (ms, lower is better)",
+          ["p50", "p99", "p999"], lambda n, s: T[n].get(s), "ms", None)
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"
+
+
+def update_readme(table: str, raw: dict, md_name: str) -> None:
+    """Replaces the summary between the README's result markers (full runs only)."""
+    start, end = "<!-- results:start -->", "<!-- results:end -->"
+    if not README.exists():
+        return
+    text = README.read_text()
+    if start not in text or end not in text:
+        return
+    m = raw["machine"]
+    block = (
+        f"{start}\nLatest full run: [{md_name}](results/{md_name}) — {raw['date']}, {m['cpu']}, "
+        f"{m['cores']} cores, kernel {m['kernel']}, nginx {m['nginx']}, {m['haproxy']}, {m['wrk']}, "
+        f"{m['oha']}, {m['rustc']}, Pingora {m['pingora']}.\n\nCommand: `{raw['command']}`\n\n"
+        f"Chain filters: {', '.join(chain_filter_names(raw['chain_filters']))}.\n\n{table}\n{end}"
+    )
+    README.write_text(text[: text.index(start)] + block + text[text.index(end) + len(end):])
+
+
+# ---------------------------------------------------------------------------- main
+
+def raise_nofile() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    for want in (262144, 65536, hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(want, hard)))
+            return want
+        except (ValueError, OSError):
+            continue
+    return soft
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="1 round of short runs, for iterating (results get -quick)")
+    ap.add_argument("--rounds", type=int, help="rounds of alternating targets (default 3; quick 1)")
+    ap.add_argument("--duration", type=float, help="seconds per throughput run (default 6; quick 2)")
+    ap.add_argument("--latency-duration", type=float, help="seconds per latency run (default 6; quick 2)")
+    ap.add_argument("--idle-connections", type=int, default=IDLE_CONNECTIONS)
+    ap.add_argument("--targets", default=",".join(TARGET_ORDER), help="comma-separated subset of: "
+                    + ", ".join(TARGET_ORDER))
+    ap.add_argument("--machine", help="machine label in the result file name (default: '<cores>core')")
+    ap.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+    ap.add_argument("--oha", default=shutil.which("oha") or str(Path.home() / ".cargo" / "bin" / "oha"))
+    ap.add_argument("--max-other-cpu", type=float, default=15.0,
+                    help="%% of one core of foreign load above which a run is repeated (default 15)")
+    ap.add_argument("--retries", type=int, default=2, help="repeats of a disturbed run (default 2)")
+    ap.add_argument("--quiet-timeout", type=float, default=30.0,
+                    help="seconds to wait for a quiet machine before each run (default 30)")
+    ap.add_argument("--wait-budget", type=float, default=180.0,
+                    help="total seconds a run may spend waiting for quiet or repeating runs (default 180)")
+    ap.add_argument("--no-latency", action="store_true")
+    ap.add_argument("--no-idle", action="store_true")
+    ap.add_argument("--keep-tmp", action="store_true", help="keep generated configs and logs")
+    ap.add_argument("--command", help="the command line to record (set by run.sh)")
+    args = ap.parse_args(argv)
+    args.rounds = args.rounds or (1 if args.quick else 3)
+    args.duration = args.duration or (2.0 if args.quick else 6.0)
+    args.latency_duration = args.latency_duration or (2.0 if args.quick else 6.0)
+    args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    unknown = set(args.targets) - set(TARGET_ORDER)
+    if unknown:
+        ap.error(f"unknown targets: {', '.join(sorted(unknown))}")
+    if "direct" not in args.targets:
+        args.targets.insert(0, "direct")
+    return args
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    nofile = raise_nofile()
+    if args.idle_connections + 1000 > nofile:
+        log(f"open-file limit {nofile} is too low for {args.idle_connections} idle connections; lowering the count")
+        args.idle_connections = max(0, nofile - 1000)
+    for binary in ("meshgate", "bare-pingora"):
+        if not (RELEASE / binary).exists():
+            log(f"missing {RELEASE / binary}: run bench/run.sh (it builds in release mode)")
+            return 2
+    have_oha = os.access(args.oha, os.X_OK)
+    if not have_oha:
+        log(f"oha not found at {args.oha}: latency runs are skipped")
+    pinned = (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
+    pinning = (f"load generator (wrk, oha) and backend on CPU {LOADGEN_CPU}; the proxy under test alone on CPU "
+               f"{PROXY_CPU} (taskset); for `direct` the backend is moved to CPU {PROXY_CPU}"
+               if pinned else "none (fewer than 2 cores or no taskset)")
+
+    tmp = Path(tempfile.mkdtemp(prefix="meshgate-bench-"))
+    procs = Procs(tmp)
+    bench = Bench(args, tmp, procs, pinned, nofile)
+    started = time.monotonic()
+    raw: dict = {
+        "date": dt.date.today().isoformat(),
+        "command": args.command or " ".join(["python3", "bench/bench.py", *argv]),
+        "chain_filters": CHAIN_FILTERS,
+        "notes": [],
+    }
+
+    def on_signal(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        log(f"configs and logs in {tmp}")
+        bench.start_all()
+        raw["checks"] = bench.verify()
+        log("all targets answer correctly: " + ", ".join(bench.targets))
+        targets = list(bench.targets.values())
+        data = {t.name: {"description": DESCRIPTIONS[t.name], "port": t.port, "url": t.url("tiny"),
+                         "throughput": {b: [] for b in BODIES}, "latency": [], "memory": {}} for t in targets}
+
+        log("warm-up")
+        for t in targets:
+            for body in BODIES:
+                bench.wrk(t, body, 1.0 if args.quick else 2.0)
+
+        for rnd in range(args.rounds):
+            for body in BODIES:
+                for t in targets:
+                    row = bench.wrk(t, body, args.duration)
+                    data[t.name]["throughput"][body].append(row)
+                    log(f"round {rnd + 1}/{args.rounds} {body:>4} {t.name:<15} {row['rps']:>10.0f} rps "
+                        f"proxy cpu {row['proxy_cpu_pct']:.0f}% ({row['proxy_cpu_us_per_req']:.1f} µs/req), "
+                        f"other load {row['other_cpu_pct']:.0f}%")
+
+        nginx_max = median([r["rps"] for r in data.get("nginx", {}).get("throughput", {}).get("tiny", [])])
+        rate = 0.5 * nginx_max if nginx_max == nginx_max else 0.0
+        latency_rate = rate
+        if have_oha and not args.no_latency and rate > 0:
+            for rnd in range(args.rounds):
+                for t in targets:
+                    row = bench.oha(t, rate, args.latency_duration)
+                    data[t.name]["latency"].append(row)
+                    log(f"latency round {rnd + 1}/{args.rounds} {t.name:<15} @ {rate:.0f} rps: p50 {row['p50']:.3f} "
+                        f"p99 {row['p99']:.3f} p99.9 {row['p999']:.3f} ms (achieved {row['achieved_rps']:.0f})")
+                    if row["achieved_rps"] < 0.95 * rate:
+                        raw["notes"].append(f"{t.name} latency round {rnd + 1}: achieved {row['achieved_rps']:.0f} "
+                                            f"of {rate:.0f} rps")
+        elif rate <= 0:
+            raw["notes"].append("latency not measured: no nginx throughput to set the rate from")
+
+        for t in targets:
+            pid = bench.pid_of(t)
+            data[t.name]["memory"]["peak_kib"] = tree_kib(pid, "VmHWM")
+        if not args.no_idle and args.idle_connections > 0:
+            for t in targets:
+                res = bench.idle_rss(t, args.idle_connections)
+                data[t.name]["memory"].update(
+                    idle_rss_kib=res["rss_kib"], idle_before_kib=res["rss_before_kib"],
+                    idle_delta_kib=res["delta_kib"], opened=res["opened"], still_open=res["still_open"],
+                    failures=res["failures"], first_failure=res["first_failure"])
+                log(f"idle {t.name:<15} {res['opened']} conns: RSS {res['rss_kib'] / 1024:.1f} MiB "
+                    f"(+{res['delta_kib'] / 1024:.1f} MiB), {res['failures']} failed")
+        for t in targets:
+            if t.proc is not None and t.proc.poll() is not None:
+                raw["notes"].append(f"{t.name} exited during the run with {t.proc.returncode}")
+
+        raw["machine"] = machine_info(args.oha if have_oha else None)
+        raw["machine_label"] = args.machine or f"{raw['machine']['cores']}core"
+        raw["parameters"] = {
+            "quick": args.quick, "rounds": args.rounds, "duration": args.duration,
+            "latency_duration": args.latency_duration, "latency_rate": latency_rate,
+            "connections": CONNECTIONS, "idle_connections": args.idle_connections, "pinning": pinning,
+            "wall_seconds": round(time.monotonic() - started, 1),
+            "waited_seconds": round(bench.waited_total, 1),
+        }
+        raw["targets"] = data
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
+    finally:
+        procs.stop_all()
+        if not args.keep_tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    summary = summarize(raw)
+    raw["summary"] = summary
+    stem = f"{raw['date']}-{raw['machine_label']}" + ("-quick" if args.quick else "")
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / f"{stem}.json").write_text(json.dumps(raw, indent=2, ensure_ascii=False) + "\n")
+    (args.out_dir / f"{stem}.svg").write_text(svg_chart(summary))
+    (args.out_dir / f"{stem}.md").write_text(markdown(raw, summary, f"{stem}.svg"))
+    if not args.quick and args.out_dir == RESULTS_DIR:
+        update_readme(summary_table(raw, summary), raw, f"{stem}.md")
+    print()
+    print(summary_table(raw, summary))
+    print()
+    for g in summary["goals"]:
+        print(f"  [{'n/a' if g['met'] is None else ('ok ' if g['met'] else 'MISS')}] {g['goal']}: {g['value']}")
+    log(f"wrote {args.out_dir / stem}.md, .json and .svg in {raw['parameters']['wall_seconds']:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
