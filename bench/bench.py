@@ -15,13 +15,26 @@ Targets (all forward to the same backend, an nginx with one worker):
     haproxy         HAProxy, nbthread 1, http-reuse always
     bare-pingora    bench/bare-pingora: Pingora ProxyHttp with no filters
     meshgate-plain  meshgate, a route with no filters
-    meshgate-chain  meshgate, the route with the filter chain in CHAIN_FILTERS
+    meshgate-chain  meshgate, the route with the filter chain in CHAIN_FILTERS (jwt, local
+                    rate_limit, retry, headers, body_limit) on a cluster with a circuit breaker
+    meshgate-jwt    meshgate, a route with only a jwt filter
+    meshgate-ratelimit-local   meshgate, a route with one local rate_limit (never denies)
+    meshgate-ratelimit-global  the same limit with `scope: global`, counted in a local
+                    redis-server the driver starts (one Redis round trip per request)
+
+Every meshgate target runs its own process with a one-route config that differs from
+meshgate-plain's only in that route's filters (and, for the chain, the cluster's circuit
+breaker); runtime settings (1 thread, metrics, JSON access log on) are identical. For jwt
+targets the driver makes an RSA key pair with openssl, signs one long-lived RS256 token and
+serves discovery and JWKS as static files from the backend, which is the configured issuer.
 
 Measurements per target:
 
     throughput   wrk, 1 thread, 64 keep-alive connections, tiny body and 16 KiB body
     latency      oha at a fixed open-loop rate (50% of nginx's measured tiny-body max),
                  with latency correction (coordinated omission), p50/p99/p99.9
+    serial       oha with 1 connection, one request at a time: the unloaded round trip
+                 (p50), which shows what one extra hop such as a Redis call adds
     cpu          proxy CPU time per request during the throughput runs (/proc/PID/stat)
     memory       peak RSS (VmHWM) after all load; RSS with 10,000 idle keep-alive
                  client connections, each of which has completed one request
@@ -39,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import datetime as dt
 import json
 import os
@@ -63,13 +77,42 @@ README = ROOT / "bench" / "README.md"
 RELEASE = ROOT / "target" / "release"
 
 # The filter chain of the `meshgate-chain` target, one YAML flow mapping per filter, in
-# request order. Adding a filter to the benchmark is adding one line here; the report
-# lists exactly what this chain contained.
+# request order (the order docs/configuration.md recommends: authentication, then limits,
+# then the rest). Adding a filter to the benchmark is adding one line here; the report lists
+# exactly what this chain contained. The rate limit is keyed by ip (every benchmark request
+# comes from 127.0.0.1, so all share one bucket) at a rate no run can reach: it is measured,
+# never denies.
+JWT_FILTER = "jwt: { provider: bench }"
+RATE_LIMIT_LOCAL = "rate_limit: { key: ip, rate: 1000000/s, burst: 1000000 }"
+RATE_LIMIT_GLOBAL = "rate_limit: { key: ip, rate: 1000000/s, burst: 1000000, scope: global }"
 CHAIN_FILTERS = [
+    JWT_FILTER,
+    RATE_LIMIT_LOCAL,
+    "retry: { attempts: 3, per_try_timeout: 2s, backoff: 25ms..250ms, on: [connect_failure, reset, 502, 503, 504], "
+    "budget: 20% }",
     "headers: { request: { set: { x-env: bench } }, response: { remove: [server] } }",
     "body_limit: 1MB",
 ]
-CHAIN_PREFIX = "/chain"
+# Settings of the chain target's cluster (one YAML line each): the breaker is per cluster.
+CHAIN_CLUSTER = [
+    "circuit_breaker: { consecutive_failures: 5, failure_rate: 50%, window: 10s, min_requests: 20, "
+    "open_for: 30s, half_open_probes: 3 }",
+]
+# Route filters of each meshgate target (the route is the same otherwise).
+MESHGATE_FILTERS = {
+    "meshgate-plain": [],
+    "meshgate-chain": CHAIN_FILTERS,
+    "meshgate-jwt": [JWT_FILTER],
+    "meshgate-ratelimit-local": [RATE_LIMIT_LOCAL],
+    "meshgate-ratelimit-global": [RATE_LIMIT_GLOBAL],
+}
+# meshgate's JSON access log (runtime.access_log) is on for every meshgate target.
+ACCESS_LOG = True
+JWT_PROVIDER = "bench"
+JWT_AUDIENCE = "bench"
+JWT_SUBJECT = "bench-user"
+JWT_KID = "bench-rs256"
+JWT_LIFETIME_S = 7 * 24 * 3600
 
 TINY_BODY = b"hello, world\n"
 LARGE_BODY_SIZE = 16 * 1024
@@ -80,14 +123,23 @@ CONNECTIONS = 64
 IDLE_CONNECTIONS = 10_000
 LOADGEN_CPU = 0
 PROXY_CPU = 1
-TARGET_ORDER = ["direct", "nginx", "haproxy", "bare-pingora", "meshgate-plain", "meshgate-chain"]
+TARGET_ORDER = ["direct", "nginx", "haproxy", "bare-pingora", "meshgate-plain", "meshgate-chain", "meshgate-jwt",
+                "meshgate-ratelimit-local", "meshgate-ratelimit-global"]
+MESHGATE_TARGETS = [t for t in TARGET_ORDER if t.startswith("meshgate-")]
+JWT_TARGETS = [t for t in MESHGATE_TARGETS if JWT_FILTER in MESHGATE_FILTERS[t]]
+RATE_LIMIT_TARGETS = [t for t in MESHGATE_TARGETS if any(f.startswith("rate_limit:") for f in MESHGATE_FILTERS[t])]
+SERIAL_REQUESTS = 3000
 DESCRIPTIONS = {
     "direct": "the backend itself, no proxy (ceiling)",
     "nginx": "nginx, 1 worker, upstream keepalive 128, proxy_http_version 1.1",
     "haproxy": "HAProxy, nbthread 1, http-reuse always",
     "bare-pingora": "bench/bare-pingora: Pingora ProxyHttp, no filters",
     "meshgate-plain": "meshgate, route without filters",
-    "meshgate-chain": "meshgate, route with the filter chain",
+    "meshgate-chain": "meshgate, route with the filter chain (jwt, local rate_limit, retry, headers, body_limit; "
+                      "circuit_breaker on the cluster)",
+    "meshgate-jwt": "meshgate, route with a jwt filter only (RS256, one token: verified-token cache path)",
+    "meshgate-ratelimit-local": "meshgate, route with one local rate_limit (key ip, never denies)",
+    "meshgate-ratelimit-global": "meshgate, route with one global rate_limit (Redis, key ip, never denies)",
 }
 
 
@@ -188,6 +240,119 @@ def chain_filter_names(filters: list[str]) -> list[str]:
     return [f.split(":", 1)[0].strip() for f in filters]
 
 
+def prom_value(text: str, name: str, labels: str = "") -> float | None:
+    """The value of one sample of a Prometheus text exposition, e.g.
+    `prom_value(text, "meshgate_rate_limit_global_decisions_total", '{by="redis"}')`."""
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        key, _, value = line.rpartition(" ")
+        if key.strip() == name + labels:
+            try:
+                return float(value)
+            except ValueError:
+                return None
+    return None
+
+
+# ---------------------------------------------------------------------------- JWT material
+
+def b64url(data: bytes) -> str:
+    """base64url without padding (RFC 7515 §2)."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _der(data: bytes, pos: int) -> tuple[int, int, int]:
+    """(tag, start, end) of the content of the DER element at `pos`."""
+    tag, length = data[pos], data[pos + 1]
+    pos += 2
+    if length & 0x80:
+        n = length & 0x7F
+        length = int.from_bytes(data[pos:pos + n], "big")
+        pos += n
+    if pos + length > len(data):
+        raise ValueError("truncated DER")
+    return tag, pos, pos + length
+
+
+RSA_ENCRYPTION_OID = bytes.fromhex("06092a864886f70d010101")
+
+
+def rsa_public_numbers(spki_der: bytes) -> tuple[int, int]:
+    """(n, e) from a DER SubjectPublicKeyInfo of an RSA key (`openssl pkey -pubout -outform DER`)."""
+    tag, start, _ = _der(spki_der, 0)
+    if tag != 0x30:
+        raise ValueError("not a SubjectPublicKeyInfo")
+    tag, alg_start, alg_end = _der(spki_der, start)
+    if tag != 0x30 or not spki_der[alg_start:alg_end].startswith(RSA_ENCRYPTION_OID):
+        raise ValueError("not an RSA public key")
+    tag, bits_start, bits_end = _der(spki_der, alg_end)
+    if tag != 0x03 or spki_der[bits_start] != 0:
+        raise ValueError("bad subjectPublicKey BIT STRING")
+    key = spki_der[bits_start + 1:bits_end]
+    tag, seq_start, _ = _der(key, 0)
+    tag_n, n_start, n_end = _der(key, seq_start)
+    tag_e, e_start, e_end = _der(key, n_end)
+    if tag != 0x30 or tag_n != 0x02 or tag_e != 0x02:
+        raise ValueError("bad RSAPublicKey")
+    return int.from_bytes(key[n_start:n_end], "big"), int.from_bytes(key[e_start:e_end], "big")
+
+
+def _uint_bytes(v: int) -> bytes:
+    return v.to_bytes(max(1, (v.bit_length() + 7) // 8), "big")
+
+
+def rsa_jwk(n: int, e: int, kid: str) -> dict:
+    """A public RS256 signing key as a JWK (RFC 7518 §6.3: n and e unsigned big-endian, base64url)."""
+    return {"kty": "RSA", "kid": kid, "use": "sig", "alg": "RS256", "n": b64url(_uint_bytes(n)),
+            "e": b64url(_uint_bytes(e))}
+
+
+def discovery_document(issuer: str) -> dict:
+    """The parts of an OpenID discovery document meshgate reads: `issuer` (must equal the
+    configured issuer exactly) and `jwks_uri`."""
+    return {"issuer": issuer, "jwks_uri": f"{issuer}/jwks", "id_token_signing_alg_values_supported": ["RS256"]}
+
+
+def jwt_claims(issuer: str, audience: str, subject: str, now: int, lifetime_s: int) -> dict:
+    return {"iss": issuer, "aud": audience, "sub": subject, "iat": now, "exp": now + lifetime_s}
+
+
+def jwt_signing_input(header: dict, claims: dict) -> bytes:
+    """`base64url(header) . base64url(claims)`, the bytes a JWS signature covers."""
+    def part(obj: dict) -> str:
+        return b64url(json.dumps(obj, separators=(",", ":")).encode())
+    return f"{part(header)}.{part(claims)}".encode("ascii")
+
+
+def jwt_token(signing_input: bytes, signature: bytes) -> str:
+    return f"{signing_input.decode('ascii')}.{b64url(signature)}"
+
+
+def make_jwt_material(workdir: Path, www: Path, issuer: str) -> str:
+    """An RSA-2048 key pair made with openssl, the provider documents served from `www`
+    (`/.well-known/openid-configuration` and `/jwks`), and an RS256 token for `issuer`,
+    returned. RS256 is RSASSA-PKCS1-v1_5 with SHA-256, which is what `openssl dgst -sha256
+    -sign` produces."""
+    key = workdir / "jwt-key.pem"
+    subprocess.run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", str(key)],
+                   check=True, capture_output=True)
+    der = subprocess.run(["openssl", "pkey", "-in", str(key), "-pubout", "-outform", "DER"],
+                         check=True, capture_output=True).stdout
+    n, e = rsa_public_numbers(der)
+    (www / ".well-known").mkdir(parents=True, exist_ok=True)
+    (www / ".well-known" / "openid-configuration").write_text(json.dumps(discovery_document(issuer)))
+    (www / "jwks").write_text(json.dumps({"keys": [rsa_jwk(n, e, JWT_KID)]}))
+    header = {"alg": "RS256", "typ": "JWT", "kid": JWT_KID}
+    claims = jwt_claims(issuer, JWT_AUDIENCE, JWT_SUBJECT, int(time.time()), JWT_LIFETIME_S)
+    signing_input = jwt_signing_input(header, claims)
+    signature = subprocess.run(["openssl", "dgst", "-sha256", "-sign", str(key)], input=signing_input,
+                               check=True, capture_output=True).stdout
+    if len(signature) != (n.bit_length() + 7) // 8:
+        raise RuntimeError(f"unexpected RS256 signature length {len(signature)}")
+    return jwt_token(signing_input, signature)
+
+
 # ---------------------------------------------------------------------------- processes
 
 def free_ports(n: int) -> list[int]:
@@ -284,10 +449,18 @@ def pin_tree(pid: int, cpu: int | None) -> None:
                 pass
 
 
-def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, dict, bytes]:
+def request_head(path: str, headers: dict[str, str] | None = None, close: bool = True) -> bytes:
+    """The bytes of a GET request head to 127.0.0.1."""
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    conn = "Connection: close\r\n" if close else ""
+    return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}{conn}\r\n".encode()
+
+
+def http_get(port: int, path: str, timeout: float = 2.0, headers: dict[str, str] | None = None
+             ) -> tuple[int, dict, bytes]:
     """A minimal HTTP/1.1 GET (Connection: close) returning status, headers, body."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+        s.sendall(request_head(path, headers))
         data = b""
         while chunk := s.recv(65536):
             data += chunk
@@ -381,8 +554,10 @@ http {{
     server {{
         listen 127.0.0.1:{port} backlog=4096;
         root {tmp}/www;
-        # Echo the header the filter chain sets, so the harness can check the chain ran.
+        # Echo the header the filter chain sets and the subject the jwt filter forwards, so
+        # the harness can check the filters ran.
         add_header x-seen-env $http_x_env;
+        add_header x-seen-sub $http_x_meshgate_sub;
     }}
 }}
 """
@@ -447,29 +622,60 @@ backend backend
 """
 
 
-def meshgate_conf(port: int, admin: int, backend: int, chain: list[str]) -> str:
-    filters = "\n".join(f"      - {f}" for f in chain)
-    return f"""\
-# Generated by bench/bench.py.
-mode: edge
-service: bench
-listeners:
-  - name: public
-    address: 127.0.0.1:{port}
-admin: {{ address: 127.0.0.1:{admin} }}
-runtime: {{ threads: 1, work_stealing: false, idle_timeout: 300s }}
-clusters:
-  backend:
-    endpoints: ["127.0.0.1:{backend}"]
-routes:
-  - name: chain
-    match: {{ path_prefix: {CHAIN_PREFIX} }}
-    to: backend
-    filters:
-{filters}
-  - name: plain
-    to: backend
-"""
+def meshgate_conf(port: int, admin: int, backend: int, filters: list[str], *, cluster: list[str] | None = None,
+                  issuer: str | None = None, redis_port: int | None = None) -> str:
+    """One meshgate process: one route (`bench`, matching every path) with `filters`, to one
+    cluster with the settings in `cluster`. The runtime section is the same for every
+    meshgate target. `issuer` adds the `bench` OpenID Provider (for jwt filters);
+    `redis_port` adds the Redis store of `scope: global` rate limits."""
+    lines = [
+        "# Generated by bench/bench.py.",
+        "mode: edge",
+        "service: bench",
+        "listeners:",
+        "  - name: public",
+        f"    address: 127.0.0.1:{port}",
+        f"admin: {{ address: 127.0.0.1:{admin} }}",
+        "runtime: { threads: 1, work_stealing: false, idle_timeout: 300s, "
+        f"access_log: {'true' if ACCESS_LOG else 'false'} }}",
+    ]
+    if redis_port is not None:
+        lines += ["stores:", f'  rate_limits: {{ backend: redis, url: "redis://127.0.0.1:{redis_port}" }}']
+    if issuer is not None:
+        lines += ["providers:", f"  {JWT_PROVIDER}: {{ issuer: {issuer}, audience: {JWT_AUDIENCE} }}"]
+    lines += ["clusters:", "  backend:", f'    endpoints: ["127.0.0.1:{backend}"]']
+    lines += [f"    {c}" for c in cluster or []]
+    lines += ["routes:", "  - name: bench", "    to: backend"]
+    if filters:
+        lines += ["    filters:", *[f"      - {f}" for f in filters]]
+    return "\n".join(lines) + "\n"
+
+
+def meshgate_target_conf(name: str, port: int, admin: int, backend: int, issuer: str | None,
+                         redis_port: int | None) -> str:
+    """The config of one meshgate target (see MESHGATE_FILTERS)."""
+    filters = MESHGATE_FILTERS[name]
+    needs_jwt = JWT_FILTER in filters
+    needs_redis = any("scope: global" in f for f in filters)
+    if needs_jwt and issuer is None:
+        raise ValueError(f"{name} needs the JWT issuer")
+    if needs_redis and redis_port is None:
+        raise ValueError(f"{name} needs Redis")
+    return meshgate_conf(port, admin, backend, filters,
+                         cluster=CHAIN_CLUSTER if name == "meshgate-chain" else None,
+                         issuer=issuer if needs_jwt else None, redis_port=redis_port if needs_redis else None)
+
+
+def redis_cmd(port: int, workdir: Path) -> list[str]:
+    """A throwaway redis-server on loopback: no persistence, no protected-mode surprises."""
+    return ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--dir", str(workdir), "--daemonize", "no", "--protected-mode", "no", "--loglevel", "warning"]
+
+
+def redis_ping(port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=1.0) as s:
+        s.sendall(b"PING\r\n")
+        return s.recv(64).startswith(b"+PONG")
 
 
 # ---------------------------------------------------------------------------- targets
@@ -479,10 +685,16 @@ class Target:
     name: str
     port: int
     proc: subprocess.Popen | None  # None for `direct` (the backend process is used)
-    prefix: str = ""
+    admin: int | None = None  # meshgate's admin port
+    # Request headers every load generator sends (the bearer token on jwt targets).
+    headers: dict[str, str] = field(default_factory=dict)
 
     def url(self, body: str) -> str:
-        return f"http://127.0.0.1:{self.port}{self.prefix}{BODIES[body][0]}"
+        return f"http://127.0.0.1:{self.port}{BODIES[body][0]}"
+
+    def header_args(self) -> list[str]:
+        """`-H 'name: value'` for wrk and oha."""
+        return [a for k, v in self.headers.items() for a in ("-H", f"{k}: {v}")]
 
 
 @dataclass
@@ -495,6 +707,10 @@ class Bench:
     backend_port: int = 0
     waited_total: float = 0.0
     backend_proc: subprocess.Popen | None = None
+    redis_proc: subprocess.Popen | None = None
+    redis_port: int | None = None
+    token: str | None = None
+    issuer: str | None = None
     targets: dict[str, Target] = field(default_factory=dict)
 
     @property
@@ -514,17 +730,23 @@ class Bench:
 
     def start_all(self) -> None:
         www = self.tmp / "www"
-        (www / CHAIN_PREFIX.strip("/")).mkdir(parents=True)
+        www.mkdir(parents=True)
         large = bytes((i * 7 + 13) % 26 + 97 for i in range(LARGE_BODY_SIZE))
-        for d in (www, www / CHAIN_PREFIX.strip("/")):
-            (d / "tiny").write_bytes(TINY_BODY)
-            (d / "16k").write_bytes(large)
+        (www / "tiny").write_bytes(TINY_BODY)
+        (www / "16k").write_bytes(large)
+
+        wanted = set(self.args.targets)
+        ports = free_ports(5 + 2 * len(MESHGATE_TARGETS))
+        self.backend_port = ports[0]
+        if wanted & set(JWT_TARGETS):
+            # The backend is the OpenID Provider: discovery and JWKS are static files in www.
+            self.issuer = f"http://127.0.0.1:{self.backend_port}"
+            self.token = make_jwt_material(self.tmp, www, self.issuer)
+            log(f"RS256 key pair and token made; provider documents served by the backend at {self.issuer}")
         # nginx workers may run as an unprivileged user: let them read the temp tree.
         for p in [self.tmp, *self.tmp.rglob("*")]:
             p.chmod(0o755 if p.is_dir() else 0o644)
 
-        ports = free_ports(9)
-        self.backend_port = ports[0]
         conf = self.tmp / "backend.conf"
         conf.write_text(backend_nginx_conf(self.tmp, self.backend_port, self.nofile))
         self.backend_proc = self.procs.start(
@@ -534,7 +756,18 @@ class Bench:
         self._ready(Target("direct", self.backend_port, None), self.backend_proc)
         self.targets["direct"] = Target("direct", self.backend_port, None)
 
-        wanted = set(self.args.targets)
+        if any("scope: global" in f for t in wanted & set(MESHGATE_TARGETS) for f in MESHGATE_FILTERS[t]):
+            # Redis is an external service like the backend: it shares the load generator's core.
+            if not shutil.which("redis-server"):
+                raise RuntimeError("redis-server not found (apt-get install redis-server); needed for "
+                                   "meshgate-ratelimit-global")
+            self.redis_port = ports[4]
+            rdir = self.tmp / "redis"
+            rdir.mkdir()
+            self.redis_proc = self.procs.start("redis", redis_cmd(self.redis_port, rdir), self.loadgen_cpu)
+            wait_ready(lambda: redis_ping(self.redis_port), self.redis_proc, "redis-server")
+            log(f"redis-server on 127.0.0.1:{self.redis_port}")
+
         if "nginx" in wanted:
             conf = self.tmp / "nginx.conf"
             conf.write_text(proxy_nginx_conf(self.tmp, ports[1], self.backend_port, self.nofile))
@@ -555,11 +788,12 @@ class Bench:
                 self.proxy_cpu,
             )
             self._add(Target("bare-pingora", ports[3], p))
-        for name, port, admin in (("meshgate-plain", ports[4], ports[5]), ("meshgate-chain", ports[6], ports[7])):
+        for i, name in enumerate(MESHGATE_TARGETS):
             if name not in wanted:
                 continue
+            port, admin = ports[5 + 2 * i], ports[6 + 2 * i]
             conf = self.tmp / f"{name}.yaml"
-            conf.write_text(meshgate_conf(port, admin, self.backend_port, CHAIN_FILTERS))
+            conf.write_text(meshgate_target_conf(name, port, admin, self.backend_port, self.issuer, self.redis_port))
             check = subprocess.run(
                 [str(RELEASE / "meshgate"), "validate", str(conf)], capture_output=True, text=True
             )
@@ -571,8 +805,8 @@ class Bench:
                 name, [str(RELEASE / "meshgate"), "run", "-c", str(conf)], self.proxy_cpu, stdout_devnull=True
             )
             wait_ready(lambda a=admin: http_get(a, "/readyz")[0] == 200, p, f"{name} /readyz")
-            prefix = CHAIN_PREFIX if name == "meshgate-chain" else ""
-            self._add(Target(name, port, p, prefix))
+            headers = {"Authorization": f"Bearer {self.token}"} if name in JWT_TARGETS else {}
+            self._add(Target(name, port, p, admin, headers))
         self.targets = {n: self.targets[n] for n in TARGET_ORDER if n in self.targets and n in wanted}
 
     def _add(self, t: Target) -> None:
@@ -584,28 +818,86 @@ class Bench:
         path, size = BODIES["tiny"]
 
         def ok() -> bool:
-            status, _, body = http_get(t.port, t.prefix + path)
+            # A jwt route answers 401 until its provider's keys are loaded: wait for them.
+            status, _, body = http_get(t.port, path, headers=t.headers)
             return status == 200 and len(body) == size
 
         wait_ready(ok, proc, t.name)
 
+    def metrics(self, t: Target) -> str:
+        if t.admin is None:
+            return ""
+        status, _, body = http_get(t.admin, "/metrics", timeout=5.0)
+        if status != 200:
+            raise RuntimeError(f"{t.name} admin /metrics: status {status}")
+        return body.decode(errors="replace")
+
+    def policy_counters(self, t: Target) -> dict:
+        """The rate-limit and jwt counters of a meshgate target, from its admin /metrics."""
+        text = self.metrics(t)
+        keys = {
+            "rl_allowed": ("meshgate_rate_limit_decisions_total", '{result="allowed"}'),
+            "rl_denied": ("meshgate_rate_limit_decisions_total", '{result="denied"}'),
+            "rl_redis": ("meshgate_rate_limit_global_decisions_total", '{by="redis"}'),
+            "rl_fallback": ("meshgate_rate_limit_global_decisions_total", '{by="fallback"}'),
+            "rl_redis_timeouts": ("meshgate_rate_limit_redis_failures_total", '{kind="timeout"}'),
+            "rl_redis_errors": ("meshgate_rate_limit_redis_failures_total", '{kind="error"}'),
+            "jwt_accepted": ("meshgate_jwt_accepted_total", f'{{provider="{JWT_PROVIDER}"}}'),
+        }
+        return {k: prom_value(text, n, lab) for k, (n, lab) in keys.items()}
+
     # -- checks ------------------------------------------------------------------------
 
     def verify(self) -> dict[str, list[str]]:
-        """Each target returns the right bodies; the chain really ran its filters."""
+        """Each target returns the right bodies, and every meshgate filter really ran: the
+        headers filter edited both ways, jwt routes refuse a missing or forged token and
+        forward the verified subject, rate-limited routes add `RateLimit-*` headers, and the
+        global limit was decided by Redis. Any failure stops the run."""
         notes: dict[str, list[str]] = {}
         for t in self.targets.values():
             seen = []
+            filters = MESHGATE_FILTERS.get(t.name, [])
+            names = chain_filter_names(filters)
             for body, (path, size) in BODIES.items():
-                status, headers, got = http_get(t.port, t.prefix + path)
+                status, headers, got = http_get(t.port, path, headers=t.headers)
                 if status != 200 or len(got) != size:
                     raise RuntimeError(f"{t.name} {path}: status {status}, {len(got)} bytes (want 200, {size})")
                 seen.append(f"{body}: 200, {size} B")
-                if t.name == "meshgate-chain" and "headers" in chain_filter_names(CHAIN_FILTERS):
-                    if headers.get("x-seen-env") != "bench" or "server" in headers:
-                        raise RuntimeError(f"meshgate-chain did not apply its headers filter: {headers}")
-            if t.name == "meshgate-chain":
+                if "headers" in names and (headers.get("x-seen-env") != "bench" or "server" in headers):
+                    raise RuntimeError(f"{t.name} did not apply its headers filter: {headers}")
+                if "rate_limit" in names:
+                    missing = [h for h in ("ratelimit-limit", "ratelimit-remaining", "ratelimit-reset")
+                               if h not in headers]
+                    if missing:
+                        raise RuntimeError(f"{t.name}: admitted response lacks {', '.join(missing)}: {headers}")
+                if "jwt" in names and headers.get("x-seen-sub") != JWT_SUBJECT:
+                    raise RuntimeError(f"{t.name}: backend did not see x-meshgate-sub: {JWT_SUBJECT} ({headers})")
+            if "headers" in names:
                 seen.append("backend saw x-env: bench; response has no server header")
+            if "rate_limit" in names:
+                seen.append("admitted responses carry ratelimit-limit/-remaining/-reset "
+                            f"(limit {headers['ratelimit-limit']})")
+            if "jwt" in names:
+                path = BODIES["tiny"][0]
+                status, _, _ = http_get(t.port, path)
+                if status != 401:
+                    raise RuntimeError(f"{t.name}: request without a token got {status}, want 401")
+                assert self.token is not None
+                forged = self.token[:-4] + ("AAAA" if not self.token.endswith("AAAA") else "BBBB")
+                status, _, _ = http_get(t.port, path, headers={"Authorization": f"Bearer {forged}"})
+                if status != 401:
+                    raise RuntimeError(f"{t.name}: request with a forged signature got {status}, want 401")
+                seen.append(f"no token: 401; forged signature: 401; RS256 token: 200, backend saw "
+                            f"x-meshgate-sub: {JWT_SUBJECT}")
+            if "scope: global" in " ".join(filters):
+                c = self.policy_counters(t)
+                if not c["rl_redis"]:
+                    raise RuntimeError(f"{t.name}: no rate-limit decision was made by Redis "
+                                       f"(meshgate_rate_limit_global_decisions_total: {c})")
+                seen.append(f"meshgate_rate_limit_global_decisions_total{{by=\"redis\"}} = {c['rl_redis']:.0f}, "
+                            f"fallback = {c['rl_fallback'] or 0:.0f}")
+            if t.name == "meshgate-chain":
+                seen.append("cluster: " + "; ".join(CHAIN_CLUSTER))
             notes[t.name] = seen
         return notes
 
@@ -639,6 +931,8 @@ class Bench:
             pid = self.pid_of(t)
             backend = self.backend_proc.pid if self.backend_proc and self.backend_proc.pid != pid else None
             proxy0, backend0 = tree_ticks(pid), tree_ticks(backend) if backend else 0
+            redis = self.redis_proc.pid if self.redis_proc else None
+            redis0 = tree_ticks(redis) if redis else 0
             busy0 = system_busy_ticks()
             ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
             t0 = time.monotonic()
@@ -649,12 +943,15 @@ class Bench:
             gen_s = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
             proxy_s = (tree_ticks(pid) - proxy0) / hz
             backend_s = (tree_ticks(backend) - backend0) / hz if backend else 0.0
+            # Redis (for global rate limits) is part of the benchmark, not foreign load.
+            redis_s = (tree_ticks(redis) - redis0) / hz if redis else 0.0
             busy_s = (system_busy_ticks() - busy0) / hz
-            other_s = max(0.0, busy_s - proxy_s - backend_s - gen_s)
+            other_s = max(0.0, busy_s - proxy_s - backend_s - redis_s - gen_s)
             row.update(
                 proxy_cpu_s=proxy_s,
                 proxy_cpu_pct=100.0 * proxy_s / elapsed,
-                backend_cpu_pct=100.0 * backend_s / elapsed,
+                backend_cpu_pct=100.0 * (backend_s + redis_s) / elapsed,
+                redis_cpu_s=redis_s,
                 loadgen_cpu_pct=100.0 * gen_s / elapsed,
                 other_cpu_pct=100.0 * other_s / elapsed,
                 quiet_wait_s=round(waited, 1),
@@ -672,7 +969,7 @@ class Bench:
 
     def wrk(self, t: Target, body: str, seconds: float) -> dict:
         cmd = taskset(self.loadgen_cpu) + [
-            "wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds:g}s", "--timeout", "5s", t.url(body)
+            "wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds:g}s", "--timeout", "5s", *t.header_args(), t.url(body)
         ]
 
         def run() -> dict:
@@ -681,12 +978,13 @@ class Bench:
 
         row = self._measured(t, run)
         row["proxy_cpu_us_per_req"] = 1e6 * row["proxy_cpu_s"] / row["requests"] if row["requests"] else 0.0
+        row["redis_cpu_us_per_req"] = 1e6 * row["redis_cpu_s"] / row["requests"] if row["requests"] else 0.0
         return row
 
     def oha(self, t: Target, rate: float, seconds: float) -> dict:
         cmd = taskset(self.loadgen_cpu) + [
             self.args.oha, "--no-tui", "--output-format", "json", "-c", str(CONNECTIONS),
-            "-z", f"{seconds:g}s", "-q", f"{rate:.0f}", "--latency-correction", t.url("tiny"),
+            "-z", f"{seconds:g}s", "-q", f"{rate:.0f}", "--latency-correction", *t.header_args(), t.url("tiny"),
         ]
 
         def run() -> dict:
@@ -695,8 +993,24 @@ class Bench:
 
         return self._measured(t, run)
 
-    async def _idle(self, port: int, path: str, count: int, measure: Callable[[], dict]) -> dict:
-        req = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+    def serial(self, t: Target, requests: int) -> dict:
+        """One connection, one request at a time (closed loop): the unloaded round trip."""
+        cmd = taskset(self.loadgen_cpu) + [
+            self.args.oha, "--no-tui", "--output-format", "json", "-c", "1", "-n", str(requests),
+            *t.header_args(), t.url("tiny"),
+        ]
+
+        def run() -> dict:
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            row = parse_oha(out, 0.0).to_json()
+            row["requests"] = requests
+            return row
+
+        return self._measured(t, run)
+
+    async def _idle(self, port: int, path: str, count: int, measure: Callable[[], dict],
+                    headers: dict[str, str] | None = None) -> dict:
+        req = request_head(path, headers, close=False)
         sem = asyncio.Semaphore(200)
 
         async def one():
@@ -729,7 +1043,7 @@ class Bench:
         def measure() -> dict:
             return {"rss_kib": tree_kib(pid, "VmRSS")}
 
-        res = asyncio.run(self._idle(t.port, t.prefix + BODIES["tiny"][0], count, measure))
+        res = asyncio.run(self._idle(t.port, BODIES["tiny"][0], count, measure, t.headers))
         res["rss_before_kib"] = before
         res["delta_kib"] = res["rss_kib"] - before
         time.sleep(1.0)  # closed connections drain before the next target
@@ -806,6 +1120,15 @@ def summarize(raw: dict) -> dict:
             for k in ("p50", "p99", "p999", "achieved_rps"):
                 s[k] = median([r[k] for r in lat])
             s["latency_errors"] = sum(r["errors"] for r in lat)
+        serial = t.get("serial", [])
+        if serial:
+            s["serial_p50_us"] = median([r["p50"] * 1000.0 for r in serial])
+            s["serial_p99_us"] = median([r["p99"] * 1000.0 for r in serial])
+        runs = t["throughput"].get("tiny", [])
+        if runs and any(r.get("redis_cpu_s") for r in runs):
+            s["tiny_redis_cpu_us_per_req"] = median([r.get("redis_cpu_us_per_req", 0.0) for r in runs])
+        if t.get("policy"):
+            s["policy"] = t["policy"]
         s.update({f"mem_{k}": v for k, v in t.get("memory", {}).items() if not isinstance(v, (dict, type(None)))})
         out["targets"][name] = s
 
@@ -824,7 +1147,9 @@ def summarize(raw: dict) -> dict:
             if r is not None:
                 ratios[f"{name}/nginx {body}"] = r
         for a, b in (("meshgate-plain", "bare-pingora"), ("meshgate-plain", "haproxy"),
-                     ("meshgate-chain", "meshgate-plain"), ("bare-pingora", "nginx")):
+                     ("meshgate-chain", "meshgate-plain"), ("meshgate-jwt", "meshgate-plain"),
+                     ("meshgate-ratelimit-local", "meshgate-plain"), ("meshgate-ratelimit-global", "meshgate-plain"),
+                     ("meshgate-ratelimit-global", "meshgate-ratelimit-local"), ("bare-pingora", "nginx")):
             r = ratio(a, b, key)
             if r is not None:
                 ratios[f"{a}/{b} {body}"] = r
@@ -845,8 +1170,16 @@ def summarize(raw: dict) -> dict:
              lambda v: v >= 1.0, "{:.2f}×")
         goal(f"chain ≥ 0.85× plain ({body})", ratios.get(f"meshgate-chain/meshgate-plain {body}"),
              lambda v: v >= 0.85, "{:.2f}×")
+        goal(f"local rate limit ≥ 0.97× plain ({body})", ratios.get(f"meshgate-ratelimit-local/meshgate-plain {body}"),
+             lambda v: v >= 0.97, "{:.2f}×")
+        goal(f"jwt ≥ 0.9× plain ({body})", ratios.get(f"meshgate-jwt/meshgate-plain {body}"),
+             lambda v: v >= 0.9, "{:.2f}×")
     goals.append({"goal": "BFF route ≥ 0.7× plain", "value": "not measured (bff filter not implemented yet)",
                   "met": None})
+    out["global_rate_limit"] = g = global_rate_limit_cost(T, ratios)
+    if g:
+        goals.append({"goal": "global rate limit adds one Redis round trip and nothing else", "value": g["text"],
+                      "met": None})
     for name in ("meshgate-plain", "meshgate-chain"):
         if name in T and "nginx" in T and "p99" in T[name] and "p99" in T["nginx"]:
             diff = T[name]["p99"] - T["nginx"]["p99"]
@@ -857,6 +1190,39 @@ def summarize(raw: dict) -> dict:
                  T[name]["mem_idle_delta_kib"] / max(1, T["nginx"]["mem_idle_delta_kib"]),
                  lambda v: v <= 1.0, "{:.2f}× nginx's")
     out["goals"] = goals
+    return out
+
+
+def global_rate_limit_cost(T: dict, ratios: dict) -> dict | None:
+    """What `scope: global` costs over the same local limit: the throughput ratios, the
+    extra proxy CPU per request, the extra unloaded round trip (1 connection, p50), Redis's
+    own CPU per request, and how many decisions Redis made (versus the local fallback)."""
+    glob, loc = T.get("meshgate-ratelimit-global"), T.get("meshgate-ratelimit-local")
+    if not glob or not glob.get("tiny_rps"):
+        return None
+    out: dict = {}
+    parts = []
+    for key, label in (("meshgate-ratelimit-global/meshgate-plain tiny", "× plain"),
+                       ("meshgate-ratelimit-global/meshgate-ratelimit-local tiny", "× local")):
+        if key in ratios:
+            out[key] = ratios[key]
+            parts.append(f"{ratios[key]:.2f}{label}")
+    if loc and glob.get("serial_p50_us") is not None and loc.get("serial_p50_us") is not None:
+        out["added_round_trip_us"] = glob["serial_p50_us"] - loc["serial_p50_us"]
+        parts.append(f"{out['added_round_trip_us']:+.0f} µs unloaded p50 vs local")
+    if loc and glob.get("tiny_cpu_us_per_req") is not None and loc.get("tiny_cpu_us_per_req") is not None:
+        out["added_proxy_cpu_us"] = glob["tiny_cpu_us_per_req"] - loc["tiny_cpu_us_per_req"]
+        parts.append(f"{out['added_proxy_cpu_us']:+.1f} µs proxy CPU/req vs local")
+    if glob.get("tiny_redis_cpu_us_per_req") is not None:
+        out["redis_cpu_us"] = glob["tiny_redis_cpu_us_per_req"]
+        parts.append(f"Redis {out['redis_cpu_us']:.1f} µs CPU/req")
+    pol = glob.get("policy")
+    if pol:
+        total = (pol.get("rl_redis") or 0) + (pol.get("rl_fallback") or 0)
+        out["redis_decision_share"] = (pol.get("rl_redis") or 0) / total if total else None
+        if total:
+            parts.append(f"{100 * out['redis_decision_share']:.1f}% of decisions by Redis")
+    out["text"] = "; ".join(parts)
     return out
 
 
@@ -882,9 +1248,9 @@ def summary_table(raw: dict, summary: dict) -> str:
     T = summary["targets"]
     nginx = T.get("nginx", {})
     lines = [
-        "| target | tiny rps | ×nginx | 16 KiB rps | ×nginx | proxy CPU µs/req (tiny) "
+        "| target | tiny rps | ×nginx | 16 KiB rps | ×nginx | proxy CPU µs/req (tiny) | 1-conn p50 µs "
         "| p50 ms | p99 ms | p99.9 ms | peak RSS MiB | RSS 10k idle MiB (Δ) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, s in T.items():
         def rel(body: str) -> str:
@@ -896,9 +1262,11 @@ def summary_table(raw: dict, summary: dict) -> str:
         if s.get("mem_idle_rss_kib") is not None:
             idle = f"{fmt_mib(s['mem_idle_rss_kib'])} (+{fmt_mib(s.get('mem_idle_delta_kib'))})"
         cpu = s.get("tiny_cpu_us_per_req")
+        serial = s.get("serial_p50_us")
         lines.append(
             f"| {name} | {fmt_rps(s.get('tiny_rps'))} | {rel('tiny')} | {fmt_rps(s.get('16k_rps'))} | {rel('16k')} "
-            f"| {'–' if cpu is None else f'{cpu:.1f}'} | {fmt_ms(s.get('p50'))} | {fmt_ms(s.get('p99'))} "
+            f"| {'–' if cpu is None else f'{cpu:.1f}'} | {'–' if serial is None else f'{serial:.0f}'} "
+            f"| {fmt_ms(s.get('p50'))} | {fmt_ms(s.get('p99'))} "
             f"| {fmt_ms(s.get('p999'))} | {fmt_mib(s.get('mem_peak_kib'))} | {idle} |"
         )
     return "\n".join(lines)
@@ -936,10 +1304,28 @@ def markdown(raw: dict, summary: dict, chart_name: str) -> str:
         f"- Memory: peak RSS = VmHWM summed over the proxy's processes after all load; idle = VmRSS with "
         f"{p['idle_connections']:,} idle keep-alive client connections that each completed one request, "
         "Δ = increase over the RSS just before they were opened.",
-        f"- meshgate-chain filters, in order: {', '.join(chain_filter_names(raw['chain_filters']))} "
-        f"(metrics and the JSON access log are always on in meshgate; its access log goes to /dev/null). "
-        "jwt, rate_limit, retry, circuit_breaker and bff are not implemented yet, so they are not in the chain "
-        "and the BFF target is not measured.",
+        f"- 1-conn p50: `oha -c1 -n {p.get('serial_requests', SERIAL_REQUESTS)}`, one request at a time on one "
+        "keep-alive connection (closed loop, unloaded): the round trip through the proxy, in µs. The difference "
+        "between two meshgate targets is what one filter adds to a request's path, e.g. the Redis round trip.",
+        f"- Every meshgate target is its own process with one route; only the route's filters differ (and the chain's "
+        f"cluster has a circuit breaker). Metrics are on and `runtime.access_log` is "
+        f"`{'true' if raw.get('access_log', True) else 'false'}` for all of them: the JSON access log is formatted "
+        "and written as in production, to /dev/null. nginx and HAProxy run without access logs.",
+        f"- meshgate-chain filters, in order: {', '.join(chain_filter_names(raw['chain_filters']))}; cluster: "
+        f"{', '.join(chain_filter_names(raw.get('chain_cluster', [])) or ['no extra settings'])}. "
+        "The BFF target is not measured: the `bff` filter is not implemented yet.",
+        "- jwt targets: an RSA-2048 key pair made with openssl at start; one RS256 token (iss, aud, sub, iat, exp; "
+        "7 days) sent by every request as `Authorization: Bearer`; discovery and JWKS served as static files by the "
+        "backend, which is the configured issuer. With one token, every request after the first takes meshgate's "
+        "verified-token cache path (SHA-256 of the token and a lookup), not a signature verification.",
+        "- Rate limits: `key: ip`, `rate: 1000000/s`, `burst: 1000000`, so every request is counted and none is "
+        "denied; `scope: global` counts in a redis-server the driver starts on loopback (on the load generator's "
+        "core), one round trip per request, default `timeout: 20ms` and `on_error: allow`.",
+        "",
+        "Route filters per meshgate target:",
+        "",
+        *[f"- {n}: " + ("; ".join(f"`{f}`" for f in fl) if fl else "none")
+          for n, fl in raw.get("meshgate_filters", {}).items()],
         "",
         "## Results",
         "",
@@ -954,7 +1340,17 @@ def markdown(raw: dict, summary: dict, chart_name: str) -> str:
     ]
     for k, v in summary["ratios"].items():
         out.append(f"| {k} | {v:.3f} |")
-    out += ["", "## Issue 7 targets", "", "| goal | measured | met |", "|---|---|---|"]
+    g = summary.get("global_rate_limit")
+    if g:
+        out += ["", "## Global rate limit: the Redis round trip", "",
+                "meshgate-ratelimit-global against meshgate-ratelimit-local (same limit, `scope: global`): "
+                + g["text"] + ".", ""]
+        pol = T.get("meshgate-ratelimit-global", {}).get("policy") or {}
+        if pol:
+            out.append(f"Decisions during the load: {pol.get('rl_redis', 0):.0f} by Redis, "
+                       f"{pol.get('rl_fallback', 0):.0f} by the local fallback, "
+                       f"{pol.get('rl_redis_timeouts', 0):.0f} Redis timeouts, {pol.get('rl_denied', 0):.0f} denied.")
+    out += ["", "## Targets (issues 7, 4 and 5)", "", "| goal | measured | met |", "|---|---|---|"]
     for g in summary["goals"]:
         met = "n/a" if g["met"] is None else ("yes" if g["met"] else "**no**")
         out.append(f"| {g['goal']} | {g['value']} | {met} |")
@@ -963,7 +1359,7 @@ def markdown(raw: dict, summary: dict, chart_name: str) -> str:
         "## Every round",
         "",
         "Proxy CPU % is the proxy's share of its core (100 = the proxy was the bottleneck); "
-        "load-gen core % is wrk plus the backend, which share the other core (near 100 = the "
+        "load-gen core % is wrk plus the backend (and redis-server), which share the other core (near 100 = the "
         "load-generator core, not the proxy, limited the run); other load % is CPU time used by "
         "processes outside the benchmark during the runs (the machine may be shared), worst round.",
         "",
@@ -1010,7 +1406,7 @@ def svg_chart(summary: dict) -> str:
     width, panel_h, top = 960, 300, 40
     colors = {"tiny": "#4e79a7", "16k": "#f28e2b", "p50": "#59a14f", "p99": "#e15759", "p999": "#b07aa1"}
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{2 * panel_h + 2 * top + 60}" '
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{2 * panel_h + 2 * top + 75}" '
         'font-family="sans-serif" font-size="12">',
         '<rect width="100%" height="100%" fill="white"/>',
     ]
@@ -1048,7 +1444,13 @@ def svg_chart(summary: dict) -> str:
                              f'fill="{colors[s]}"/>')
                 parts.append(f'<text x="{x + bar_w / 2 - 1:.1f}" y="{base - h - 4:.1f}" text-anchor="middle" '
                              f'font-size="10">{v:.2f}</text>')
-            parts.append(f'<text x="{gx + group_w * 0.4:.1f}" y="{base + 16}" text-anchor="middle">{n}</text>')
+            # Long names ("meshgate-ratelimit-global") go on two lines so neighbours do not overlap.
+            head, sep, tail = n.partition("-")
+            lines = [head + sep, tail] if len(n) > 14 and sep else [n]
+            cx = gx + group_w * 0.4
+            spans = "".join(f'<tspan x="{cx:.1f}" dy="{0 if i == 0 else 13}">{line}</tspan>'
+                            for i, line in enumerate(lines))
+            parts.append(f'<text x="{cx:.1f}" y="{base + 16}" text-anchor="middle" font-size="11">{spans}</text>')
         lx = left + plot_w - 90 * len(series)
         for si, s in enumerate(series):
             label = {"tiny": "tiny body", "16k": "16 KiB body", "p999": "p99.9"}.get(s, s)
@@ -1080,7 +1482,9 @@ def update_readme(table: str, raw: dict, md_name: str) -> None:
         f"{start}\nLatest full run: [{md_name}](results/{md_name}) — {raw['date']}, {m['cpu']}, "
         f"{m['cores']} cores, kernel {m['kernel']}, nginx {m['nginx']}, {m['haproxy']}, {m['wrk']}, "
         f"{m['oha']}, {m['rustc']}, Pingora {m['pingora']}.\n\nCommand: `{raw['command']}`\n\n"
-        f"Chain filters: {', '.join(chain_filter_names(raw['chain_filters']))}.\n\n{table}\n{end}"
+        f"Chain filters: {', '.join(chain_filter_names(raw['chain_filters']))}; cluster: "
+        f"{', '.join(chain_filter_names(raw.get('chain_cluster', [])))}. meshgate `runtime.access_log`: "
+        f"{'on' if raw.get('access_log', True) else 'off'} for every meshgate target.\n\n{table}\n{end}"
     )
     README.write_text(text[: text.index(start)] + block + text[text.index(end) + len(end):])
 
@@ -1152,7 +1556,8 @@ def main(argv: list[str]) -> int:
     if not have_oha:
         log(f"oha not found at {args.oha}: latency runs are skipped")
     pinned = (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
-    pinning = (f"load generator (wrk, oha) and backend on CPU {LOADGEN_CPU}; the proxy under test alone on CPU "
+    pinning = (f"load generator (wrk, oha), backend and redis-server on CPU {LOADGEN_CPU}; the proxy under test "
+               "alone on CPU "
                f"{PROXY_CPU} (taskset); for `direct` the backend is moved to CPU {PROXY_CPU}"
                if pinned else "none (fewer than 2 cores or no taskset)")
 
@@ -1164,6 +1569,9 @@ def main(argv: list[str]) -> int:
         "date": dt.date.today().isoformat(),
         "command": args.command or " ".join(["python3", "bench/bench.py", *argv]),
         "chain_filters": CHAIN_FILTERS,
+        "chain_cluster": CHAIN_CLUSTER,
+        "meshgate_filters": {n: MESHGATE_FILTERS[n] for n in MESHGATE_TARGETS if n in args.targets},
+        "access_log": ACCESS_LOG,
         "notes": [],
     }
 
@@ -1178,7 +1586,10 @@ def main(argv: list[str]) -> int:
         log("all targets answer correctly: " + ", ".join(bench.targets))
         targets = list(bench.targets.values())
         data = {t.name: {"description": DESCRIPTIONS[t.name], "port": t.port, "url": t.url("tiny"),
-                         "throughput": {b: [] for b in BODIES}, "latency": [], "memory": {}} for t in targets}
+                         "throughput": {b: [] for b in BODIES}, "latency": [], "serial": [], "memory": {}}
+                for t in targets}
+        policy_targets = [t for t in targets if t.admin is not None and t.name in RATE_LIMIT_TARGETS + JWT_TARGETS]
+        counters0 = {t.name: bench.policy_counters(t) for t in policy_targets}
 
         log("warm-up")
         for t in targets:
@@ -1190,7 +1601,7 @@ def main(argv: list[str]) -> int:
                 for t in targets:
                     row = bench.wrk(t, body, args.duration)
                     data[t.name]["throughput"][body].append(row)
-                    log(f"round {rnd + 1}/{args.rounds} {body:>4} {t.name:<15} {row['rps']:>10.0f} rps "
+                    log(f"round {rnd + 1}/{args.rounds} {body:>4} {t.name:<25} {row['rps']:>10.0f} rps "
                         f"proxy cpu {row['proxy_cpu_pct']:.0f}% ({row['proxy_cpu_us_per_req']:.1f} µs/req), "
                         f"other load {row['other_cpu_pct']:.0f}%")
 
@@ -1202,13 +1613,44 @@ def main(argv: list[str]) -> int:
                 for t in targets:
                     row = bench.oha(t, rate, args.latency_duration)
                     data[t.name]["latency"].append(row)
-                    log(f"latency round {rnd + 1}/{args.rounds} {t.name:<15} @ {rate:.0f} rps: p50 {row['p50']:.3f} "
+                    log(f"latency round {rnd + 1}/{args.rounds} {t.name:<25} @ {rate:.0f} rps: p50 {row['p50']:.3f} "
                         f"p99 {row['p99']:.3f} p99.9 {row['p999']:.3f} ms (achieved {row['achieved_rps']:.0f})")
                     if row["achieved_rps"] < 0.95 * rate:
                         raw["notes"].append(f"{t.name} latency round {rnd + 1}: achieved {row['achieved_rps']:.0f} "
                                             f"of {rate:.0f} rps")
         elif rate <= 0:
             raw["notes"].append("latency not measured: no nginx throughput to set the rate from")
+
+        if have_oha and not args.no_latency:
+            for rnd in range(args.rounds):
+                for t in targets:
+                    row = bench.serial(t, SERIAL_REQUESTS)
+                    data[t.name]["serial"].append(row)
+                    log(f"serial round {rnd + 1}/{args.rounds} {t.name:<25} 1 connection: p50 "
+                        f"{row['p50'] * 1000:.1f} µs p99 {row['p99'] * 1000:.1f} µs")
+
+        # What the policy filters decided during all the load (before the idle test, whose
+        # requests would count too): a limit that denied or a global limit that fell back to
+        # its local limiter would make the numbers mean something else.
+        for t in policy_targets:
+            c1 = bench.policy_counters(t)
+            delta = {k: (c1[k] or 0) - (counters0[t.name][k] or 0) for k in c1}
+            data[t.name]["policy"] = delta
+            if t.name in RATE_LIMIT_TARGETS:
+                if delta["rl_denied"]:
+                    raw["notes"].append(f"{t.name}: the rate limit denied {delta['rl_denied']:.0f} requests during "
+                                        "the load (it should never deny)")
+                if "scope: global" in " ".join(MESHGATE_FILTERS[t.name]):
+                    total = delta["rl_redis"] + delta["rl_fallback"]
+                    share = delta["rl_fallback"] / total if total else 0.0
+                    log(f"{t.name}: {delta['rl_redis']:.0f} decisions by Redis, {delta['rl_fallback']:.0f} by the "
+                        f"local fallback ({100 * share:.2f}%), {delta['rl_redis_timeouts']:.0f} Redis timeouts")
+                    if not delta["rl_redis"]:
+                        raise RuntimeError(f"{t.name}: Redis made no decision during the load: {delta}")
+                    if share > 0.01:
+                        raw["notes"].append(f"{t.name}: {100 * share:.1f}% of global decisions fell back to the local "
+                                            f"limiter ({delta['rl_redis_timeouts']:.0f} Redis timeouts): the "
+                                            "global numbers understate the Redis round trip")
 
         for t in targets:
             pid = bench.pid_of(t)
@@ -1220,7 +1662,7 @@ def main(argv: list[str]) -> int:
                     idle_rss_kib=res["rss_kib"], idle_before_kib=res["rss_before_kib"],
                     idle_delta_kib=res["delta_kib"], opened=res["opened"], still_open=res["still_open"],
                     failures=res["failures"], first_failure=res["first_failure"])
-                log(f"idle {t.name:<15} {res['opened']} conns: RSS {res['rss_kib'] / 1024:.1f} MiB "
+                log(f"idle {t.name:<25} {res['opened']} conns: RSS {res['rss_kib'] / 1024:.1f} MiB "
                     f"(+{res['delta_kib'] / 1024:.1f} MiB), {res['failures']} failed")
         for t in targets:
             if t.proc is not None and t.proc.poll() is not None:
@@ -1232,6 +1674,7 @@ def main(argv: list[str]) -> int:
             "quick": args.quick, "rounds": args.rounds, "duration": args.duration,
             "latency_duration": args.latency_duration, "latency_rate": latency_rate,
             "connections": CONNECTIONS, "idle_connections": args.idle_connections, "pinning": pinning,
+            "serial_requests": SERIAL_REQUESTS,
             "wall_seconds": round(time.monotonic() - started, 1),
             "waited_seconds": round(bench.waited_total, 1),
         }

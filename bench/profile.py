@@ -84,32 +84,34 @@ def function_of(name: str) -> str:
     return func if sep and ("/" in path or path.startswith("???") or path.endswith(".rs")) else name
 
 
-def run_one(name: str, tmp: Path, backend_port: int, requests: int, warmup: int, oha: str) -> dict:
+def run_one(name: str, tmp: Path, backend_port: int, requests: int, warmup: int, oha: str,
+            issuer: str | None = None, token: str | None = None) -> dict:
     port, admin = bench.free_ports(2)
     out = tmp / f"{name}.callgrind"
     if name == "bare-pingora":
         cmd = [str(bench.RELEASE / "bare-pingora"), f"127.0.0.1:{port}", f"127.0.0.1:{backend_port}"]
-        prefix = ""
     else:
         conf = tmp / f"{name}.yaml"
-        conf.write_text(bench.meshgate_conf(port, admin, backend_port, bench.CHAIN_FILTERS))
+        # Global rate limits need Redis, which the profile does not start.
+        conf.write_text(bench.meshgate_target_conf(name, port, admin, backend_port, issuer, None))
         cmd = [str(bench.RELEASE / "meshgate"), "run", "-c", str(conf)]
-        prefix = bench.CHAIN_PREFIX if name == "meshgate-chain" else ""
+    headers = {"Authorization": f"Bearer {token}"} if name in bench.JWT_TARGETS and token else {}
+    header_args = [a for k, v in headers.items() for a in ("-H", f"{k}: {v}")]
     vg = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--dump-instr=no",
           "--separate-threads=no"]
     log = open(tmp / f"{name}.log", "wb")
     proc = subprocess.Popen(vg + cmd, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
     try:
-        url = f"http://127.0.0.1:{port}{prefix}/tiny"
+        url = f"http://127.0.0.1:{port}/tiny"
 
         def ok() -> bool:
-            status, _, body = bench.http_get(port, prefix + "/tiny", timeout=5)
+            status, _, body = bench.http_get(port, "/tiny", timeout=5, headers=headers)
             return status == 200 and body == bench.TINY_BODY
 
         bench.wait_ready(ok, proc, name, deadline_s=120)
 
         def load(n: int) -> dict:
-            res = subprocess.run([oha, "--no-tui", "--output-format", "json", "-n", str(n), "-c", "8", url],
+            res = subprocess.run([oha, "--no-tui", "--output-format", "json", "-n", str(n), "-c", "8", *header_args, url],
                                  capture_output=True, text=True, check=True)
             data = json.loads(res.stdout)
             codes = data.get("statusCodeDistribution", {})
@@ -219,12 +221,14 @@ def main(argv: list[str]) -> int:
     results: dict = {}
     try:
         www = tmp / "www"
-        for d in (www, www / bench.CHAIN_PREFIX.strip("/")):
-            d.mkdir(parents=True)
-            (d / "tiny").write_bytes(bench.TINY_BODY)
+        www.mkdir(parents=True)
+        (www / "tiny").write_bytes(bench.TINY_BODY)
+        backend_port = bench.free_ports(1)[0]
+        # jwt routes: the backend serves the provider documents (see bench.make_jwt_material).
+        issuer = f"http://127.0.0.1:{backend_port}"
+        token = bench.make_jwt_material(tmp, www, issuer)
         for p in [tmp, *tmp.rglob("*")]:
             p.chmod(0o755 if p.is_dir() else 0o644)
-        backend_port = bench.free_ports(1)[0]
         conf = tmp / "backend.conf"
         conf.write_text(bench.backend_nginx_conf(tmp, backend_port, 4096))
         backend = procs.start("backend", ["nginx", "-e", str(tmp / "backend.error.log"), "-p", str(tmp),
@@ -232,7 +236,7 @@ def main(argv: list[str]) -> int:
         bench.wait_ready(lambda: bench.http_get(backend_port, "/tiny")[0] == 200, backend, "backend")
         for name in [t.strip() for t in args.targets.split(",") if t.strip()]:
             t0 = time.monotonic()
-            results[name] = run_one(name, tmp, backend_port, args.requests, args.warmup, args.oha)
+            results[name] = run_one(name, tmp, backend_port, args.requests, args.warmup, args.oha, issuer, token)
             print(f"[profile] {name}: {results[name]['ir_per_request']:,.0f} Ir/request "
                   f"({time.monotonic() - t0:.0f}s)", flush=True)
     finally:

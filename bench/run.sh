@@ -4,10 +4,11 @@
 #   bench/run.sh            full run (3 rounds, ~10 minutes on 2 cores), writes bench/results/
 #   bench/run.sh --quick    one short round, for iterating (results get a -quick suffix)
 #   bench/run.sh --help     every option of the driver (bench/bench.py)
+#   bench/run.sh --targets nginx,meshgate-plain,meshgate-jwt   a subset (direct always runs)
 #
-# On a fresh Debian machine, run as root: it installs nginx, haproxy and wrk with apt-get
-# (running `apt-get update` once, only when a package is missing) and oha (the open-loop
-# latency generator) with `cargo install oha`, builds meshgate and bench/bare-pingora in
+# On a fresh Debian machine, run as root: it installs nginx, haproxy, wrk, openssl and
+# redis-server with apt-get (running `apt-get update` once, only when a package is missing)
+# and oha (the open-loop latency generator) with `cargo install oha`, builds meshgate and bench/bare-pingora in
 # release mode, raises the open-file limit and hands over to bench/bench.py, which starts
 # every process on free loopback ports, measures, and stops everything it started.
 set -euo pipefail
@@ -24,6 +25,8 @@ command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(hapr
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v taskset >/dev/null 2>&1 || missing+=(util-linux)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)            # RS256 key and token for jwt targets
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)  # store of the global rate-limit target
 if [ "${#missing[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         say "missing: ${missing[*]}; run as root to install them, or install them yourself"

@@ -1,12 +1,17 @@
 """Tests of the benchmark driver's pure parts: output parsing, statistics, configs, report.
 
 Run with `python3 -m unittest bench/test_bench.py` from the repository root; nothing here
-starts a process or opens a socket.
+opens a socket, and the only processes started are openssl's, in the JWT round-trip test
+(skipped when openssl is not installed).
 """
 
+import base64
 import json
 import importlib.util
+import shutil
+import subprocess
 import sys
+import tempfile
 import unittest
 import xml.dom.minidom
 from pathlib import Path
@@ -57,20 +62,33 @@ def fake_raw() -> dict:
         return [{"p50": 0.2, "p99": p99, "p999": p99 * 2, "achieved_rps": 50000.0, "target_rps": 50000.0,
                  "success_rate": 1.0, "errors": 0, "other_cpu_pct": 0.0}] * 3
 
+    def serial(p50_ms: float) -> list:
+        return [{"p50": p50_ms, "p99": p50_ms * 2, "p999": p50_ms * 3, "achieved_rps": 0.0, "target_rps": 0.0,
+                 "success_rate": 1.0, "errors": 0, "other_cpu_pct": 0.0, "requests": 3000}] * 3
+
     targets = {}
     for name, rps, p99, idle in (("direct", 180e3, 0.3, 2000), ("nginx", 100e3, 0.8, 5000),
                                  ("haproxy", 90e3, 0.9, 9000), ("bare-pingora", 55e3, 1.0, 400000),
-                                 ("meshgate-plain", 50e3, 1.2, 410000), ("meshgate-chain", 45e3, 1.4, 410000)):
+                                 ("meshgate-plain", 50e3, 1.2, 410000), ("meshgate-chain", 45e3, 1.4, 410000),
+                                 ("meshgate-jwt", 44e3, 1.3, 410000), ("meshgate-ratelimit-local", 49e3, 1.2, 410000),
+                                 ("meshgate-ratelimit-global", 40e3, 1.5, 410000)):
         targets[name] = {
             "throughput": {"tiny": runs(rps, 1e6 / rps), "16k": runs(rps / 2, 2e6 / rps)},
             "latency": lat(p99),
+            "serial": serial({"meshgate-ratelimit-global": 0.150, "meshgate-ratelimit-local": 0.100}.get(name, 0.09)),
             "memory": {"peak_kib": 20000, "idle_rss_kib": 20000 + idle, "idle_before_kib": 20000,
                        "idle_delta_kib": idle, "opened": 10000, "still_open": 10000, "failures": 0,
                        "first_failure": None},
         }
+    targets["meshgate-ratelimit-global"]["policy"] = {"rl_allowed": 1000.0, "rl_denied": 0.0, "rl_redis": 990.0,
+                                                      "rl_fallback": 10.0, "rl_redis_timeouts": 10.0,
+                                                      "rl_redis_errors": 0.0, "jwt_accepted": 0.0}
+    for r in targets["meshgate-ratelimit-global"]["throughput"]["tiny"]:
+        r["redis_cpu_s"], r["redis_cpu_us_per_req"] = 1.0, 6.0
     return {
         "date": "2026-01-01", "machine_label": "2core", "command": "bench/run.sh",
-        "chain_filters": bench.CHAIN_FILTERS, "notes": [], "checks": {"nginx": ["tiny: 200"]},
+        "chain_filters": bench.CHAIN_FILTERS, "chain_cluster": bench.CHAIN_CLUSTER, "access_log": True,
+        "meshgate_filters": bench.MESHGATE_FILTERS, "notes": [], "checks": {"nginx": ["tiny: 200"]},
         "machine": {k: "x" for k in ("cpu", "cores", "memory_gib", "kernel", "os", "nginx", "haproxy", "wrk",
                                      "oha", "rustc", "pingora", "meshgate_commit", "hostname")},
         "parameters": {"quick": False, "rounds": 3, "duration": 6.0, "latency_duration": 6.0,
@@ -111,6 +129,17 @@ class ParseTests(unittest.TestCase):
         self.assertEqual(bench.chain_filter_names(["headers: { a: b }", "body_limit: 1MB"]),
                          ["headers", "body_limit"])
 
+    def test_prometheus_sample(self):
+        text = ("# HELP meshgate_rate_limit_global_decisions_total x\n"
+                "# TYPE meshgate_rate_limit_global_decisions_total counter\n"
+                'meshgate_rate_limit_global_decisions_total{by="redis"} 1234\n'
+                'meshgate_rate_limit_global_decisions_total{by="fallback"} 0\n'
+                "meshgate_rate_limit_overflow_decisions_total 7\n")
+        self.assertEqual(bench.prom_value(text, "meshgate_rate_limit_global_decisions_total", '{by="redis"}'), 1234)
+        self.assertEqual(bench.prom_value(text, "meshgate_rate_limit_global_decisions_total", '{by="fallback"}'), 0)
+        self.assertEqual(bench.prom_value(text, "meshgate_rate_limit_overflow_decisions_total"), 7)
+        self.assertIsNone(bench.prom_value(text, "meshgate_rate_limit_global_decisions_total", '{by="x"}'))
+
     def test_callgrind_annotate_lines(self):
         text = ("  1,000 (100.0%)  PROGRAM TOTALS\n"
                 "    600 (60.00%)  /work/main/proxy/src/proxy.rs:<meshgate::proxy::MeshProxy as X>::logging [/bin/mg]\n"
@@ -122,13 +151,141 @@ class ParseTests(unittest.TestCase):
         self.assertEqual(rows[1], (40, "???:memcpy"))
 
 
+def der(tag: int, content: bytes) -> bytes:
+    n = len(content)
+    length = bytes([n]) if n < 128 else bytes([0x80 | ((n.bit_length() + 7) // 8)]) + n.to_bytes(
+        (n.bit_length() + 7) // 8, "big")
+    return bytes([tag]) + length + content
+
+
+def der_int(v: int) -> bytes:
+    raw = v.to_bytes((v.bit_length() + 8) // 8, "big")  # a leading 0 keeps it positive
+    return der(0x02, raw)
+
+
+def spki(n: int, e: int) -> bytes:
+    alg = der(0x30, bytes.fromhex("06092a864886f70d010101") + bytes.fromhex("0500"))
+    key = der(0x30, der_int(n) + der_int(e))
+    return der(0x30, alg + der(0x03, b"\x00" + key))
+
+
+def unb64url(s: str) -> bytes:
+    return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+
+
+class JwtTests(unittest.TestCase):
+    N = (1 << 2047) + 0x1234567  # a 2048-bit modulus shape (its high bit needs DER's leading zero)
+
+    def test_rsa_numbers_from_spki(self):
+        self.assertEqual(bench.rsa_public_numbers(spki(self.N, 65537)), (self.N, 65537))
+        with self.assertRaises(ValueError):
+            bench.rsa_public_numbers(spki(self.N, 65537).replace(bytes.fromhex("2a864886f70d010101"),
+                                                                 bytes.fromhex("2a8648ce3d02010000")))
+
+    def test_jwk_is_unsigned_big_endian_base64url(self):
+        jwk = bench.rsa_jwk(self.N, 65537, "k1")
+        self.assertEqual(jwk["e"], "AQAB")
+        self.assertEqual(len(unb64url(jwk["n"])), 256)  # no sign byte
+        self.assertEqual(int.from_bytes(unb64url(jwk["n"]), "big"), self.N)
+        self.assertNotIn("=", jwk["n"])
+        self.assertEqual({k: jwk[k] for k in ("kty", "kid", "use", "alg")},
+                         {"kty": "RSA", "kid": "k1", "use": "sig", "alg": "RS256"})
+
+    def test_token_parts_and_claims(self):
+        claims = bench.jwt_claims("http://127.0.0.1:1", "bench", "u", 1000, 60)
+        self.assertEqual(claims, {"iss": "http://127.0.0.1:1", "aud": "bench", "sub": "u", "iat": 1000, "exp": 1060})
+        header = {"alg": "RS256", "typ": "JWT", "kid": "k1"}
+        signing_input = bench.jwt_signing_input(header, claims)
+        token = bench.jwt_token(signing_input, b"\xff" * 256)
+        h, c, sig = token.split(".")
+        self.assertEqual(json.loads(unb64url(h)), header)
+        self.assertEqual(json.loads(unb64url(c)), claims)
+        self.assertEqual(unb64url(sig), b"\xff" * 256)
+        self.assertEqual(f"{h}.{c}".encode(), signing_input)
+        self.assertNotIn("=", token)
+
+    def test_discovery_names_the_issuer_exactly(self):
+        doc = bench.discovery_document("http://127.0.0.1:8080")
+        self.assertEqual(doc["issuer"], "http://127.0.0.1:8080")
+        self.assertEqual(doc["jwks_uri"], "http://127.0.0.1:8080/jwks")
+
+    @unittest.skipUnless(shutil.which("openssl"), "openssl not installed")
+    def test_openssl_round_trip(self):
+        """The served JWKS holds the key that signed the token, and the signature verifies."""
+        with tempfile.TemporaryDirectory() as d:
+            work, www = Path(d), Path(d) / "www"
+            www.mkdir()
+            token = bench.make_jwt_material(work, www, "http://127.0.0.1:9")
+            doc = json.loads((www / ".well-known" / "openid-configuration").read_text())
+            self.assertEqual(doc["issuer"], "http://127.0.0.1:9")
+            jwk = json.loads((www / "jwks").read_text())["keys"][0]
+            modulus = subprocess.run(["openssl", "rsa", "-in", str(work / "jwt-key.pem"), "-noout", "-modulus"],
+                                     check=True, capture_output=True, text=True).stdout.strip()
+            self.assertEqual(int(modulus.split("=", 1)[1], 16), int.from_bytes(unb64url(jwk["n"]), "big"))
+            pub = work / "pub.pem"
+            subprocess.run(["openssl", "pkey", "-in", str(work / "jwt-key.pem"), "-pubout", "-out", str(pub)],
+                           check=True, capture_output=True)
+            h, c, sig = token.split(".")
+            (work / "sig").write_bytes(unb64url(sig))
+            ok = subprocess.run(["openssl", "dgst", "-sha256", "-verify", str(pub), "-signature", str(work / "sig")],
+                                input=f"{h}.{c}".encode(), capture_output=True)
+            self.assertEqual(ok.returncode, 0, ok.stdout + ok.stderr)
+            self.assertEqual(json.loads(unb64url(h))["kid"], jwk["kid"])
+            claims = json.loads(unb64url(c))
+            self.assertEqual((claims["iss"], claims["aud"]), ("http://127.0.0.1:9", bench.JWT_AUDIENCE))
+            self.assertGreater(claims["exp"], claims["iat"])
+
+
 class ConfigTests(unittest.TestCase):
-    def test_meshgate_config_has_chain_before_plain(self):
+    def confs(self) -> dict:
+        return {name: bench.meshgate_target_conf(name, 1000, 1001, 1002, "http://127.0.0.1:1002", 1003)
+                for name in bench.MESHGATE_TARGETS}
+
+    def test_meshgate_config_one_route(self):
         text = bench.meshgate_conf(1000, 1001, 1002, ["headers: { x: y }", "body_limit: 1MB"])
-        self.assertLess(text.index("name: chain"), text.index("name: plain"))
+        self.assertEqual(text.count("- name: bench"), 1)
         self.assertIn("      - headers: { x: y }\n      - body_limit: 1MB\n", text)
         self.assertIn("threads: 1, work_stealing: false", text)
         self.assertIn('endpoints: ["127.0.0.1:1002"]', text)
+        self.assertNotIn("filters:", bench.meshgate_conf(1000, 1001, 1002, []))
+
+    def test_meshgate_targets_differ_only_where_intended(self):
+        confs = self.confs()
+        runtime = {next(l for l in c.splitlines() if l.startswith("runtime:")) for c in confs.values()}
+        self.assertEqual(runtime, {"runtime: { threads: 1, work_stealing: false, idle_timeout: 300s, "
+                                   "access_log: true }"})
+        chain = confs["meshgate-chain"]
+        for name in ("jwt", "rate_limit", "retry", "headers", "body_limit"):
+            self.assertIn(f"      - {name}:", chain)
+        self.assertIn("    circuit_breaker: {", chain)
+        self.assertIn("providers:\n  bench: { issuer: http://127.0.0.1:1002, audience: bench }", chain)
+        self.assertNotIn("stores:", chain)
+        self.assertNotIn("filters:", confs["meshgate-plain"])
+        self.assertNotIn("providers:", confs["meshgate-plain"])
+        self.assertNotIn("circuit_breaker", confs["meshgate-jwt"])
+        self.assertIn("      - jwt: { provider: bench }\n", confs["meshgate-jwt"])
+        local, glob = confs["meshgate-ratelimit-local"], confs["meshgate-ratelimit-global"]
+        self.assertIn("key: ip", local)
+        self.assertNotIn("scope: global", local)
+        self.assertIn("scope: global", glob)
+        self.assertIn('rate_limits: { backend: redis, url: "redis://127.0.0.1:1003" }', glob)
+        self.assertEqual(bench.JWT_TARGETS, ["meshgate-chain", "meshgate-jwt"])
+        self.assertEqual(bench.RATE_LIMIT_TARGETS,
+                         ["meshgate-chain", "meshgate-ratelimit-local", "meshgate-ratelimit-global"])
+
+    def test_missing_issuer_or_redis_is_an_error(self):
+        with self.assertRaises(ValueError):
+            bench.meshgate_target_conf("meshgate-jwt", 1, 2, 3, None, None)
+        with self.assertRaises(ValueError):
+            bench.meshgate_target_conf("meshgate-ratelimit-global", 1, 2, 3, None, None)
+        bench.meshgate_target_conf("meshgate-ratelimit-local", 1, 2, 3, None, None)
+
+    def test_request_head_carries_headers(self):
+        head = bench.request_head("/tiny", {"Authorization": "Bearer t"}, close=False)
+        self.assertEqual(head, b"GET /tiny HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer t\r\n\r\n")
+        t = bench.Target("meshgate-jwt", 1, None, 2, {"Authorization": "Bearer t"})
+        self.assertEqual(t.header_args(), ["-H", "Authorization: Bearer t"])
+        self.assertEqual(t.url("tiny"), "http://127.0.0.1:1/tiny")
 
     def test_proxies_keep_upstream_connections_alive(self):
         nginx = bench.proxy_nginx_conf(Path("/t"), 1, 2, 20000)
@@ -151,17 +308,29 @@ class ReportTests(unittest.TestCase):
         self.assertTrue(goals["meshgate-plain p99 ≤ nginx p99 + 0.5 ms"]["met"])
         self.assertFalse(goals["meshgate-plain idle-connection memory ≤ nginx's"]["met"])
         self.assertIsNone(goals["BFF route ≥ 0.7× plain"]["met"])
+        self.assertTrue(goals["local rate limit ≥ 0.97× plain (tiny)"]["met"])
+        self.assertFalse(goals["jwt ≥ 0.9× plain (tiny)"]["met"])
+        g = s["global_rate_limit"]
+        self.assertAlmostEqual(g["meshgate-ratelimit-global/meshgate-plain tiny"], 0.8)
+        self.assertAlmostEqual(g["added_round_trip_us"], 50.0)
+        self.assertAlmostEqual(g["redis_cpu_us"], 6.0)
+        self.assertAlmostEqual(g["redis_decision_share"], 0.99)
+        self.assertIn("+50 µs unloaded p50 vs local", goals["global rate limit adds one Redis round trip and nothing else"]["value"])
 
     def test_markdown_and_svg(self):
         raw = fake_raw()
         s = bench.summarize(raw)
         md = bench.markdown(raw, s, "chart.svg")
         self.assertIn("| meshgate-plain | 50.0k | 0.50× |", md)
-        self.assertIn("headers, body_limit", md)
+        self.assertIn("jwt, rate_limit, retry, headers, body_limit; cluster: circuit_breaker", md)
+        self.assertIn("`runtime.access_log` is `true`", md)
+        self.assertIn("## Global rate limit: the Redis round trip", md)
+        self.assertIn("| meshgate-ratelimit-global/meshgate-ratelimit-local tiny |", md)
         svg = bench.svg_chart(s)
         xml.dom.minidom.parseString(svg)  # well-formed
         self.assertIn("Throughput relative to nginx", svg)
-        self.assertEqual(svg.count("<rect"), 1 + 6 * 2 + 6 * 3 + 2 + 3)
+        n = len(raw["targets"])
+        self.assertEqual(svg.count("<rect"), 1 + n * 2 + n * 3 + 2 + 3)
 
 
 if __name__ == "__main__":

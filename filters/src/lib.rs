@@ -8,6 +8,7 @@
 //! keeps error bodies, CORS headers and request ids consistent however a request ends.
 
 pub mod api_key;
+pub mod bff;
 pub mod body_limit;
 pub mod cors;
 mod ctx;
