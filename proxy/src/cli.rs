@@ -1,4 +1,4 @@
-//! The command line: `run`, `validate`, `explain`.
+//! The command line: `run`, `validate`, `explain`, `certs`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -44,6 +44,81 @@ pub enum Command {
         #[arg(short = 'H', long = "header")]
         headers: Vec<String>,
     },
+    /// Mesh certificates: a dev CA and one certificate per service identity.
+    Certs {
+        /// What to do with certificates.
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+}
+
+/// `meshgate certs` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Create (or refresh) a mesh CA and one short-lived leaf per service, with
+    /// the URI SAN spiffe://TRUST-DOMAIN/SERVICE. A valid CA and valid leaves
+    /// are kept, so re-running adds services without invalidating others.
+    Init {
+        /// Directory for the files (created 0700 if missing).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Service names, comma-separated (1-63 characters of a-z, 0-9, '-').
+        #[arg(long, required = true, value_delimiter = ',')]
+        services: Vec<String>,
+        /// SPIFFE trust domain.
+        #[arg(long, default_value = crate::certs::DEFAULT_TRUST_DOMAIN)]
+        trust_domain: String,
+        /// Lifetime of each service certificate, e.g. 24h.
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        leaf_validity: std::time::Duration,
+        /// Lifetime of a newly created CA, e.g. 365d.
+        #[arg(long, default_value = "365d", value_parser = parse_duration)]
+        ca_validity: std::time::Duration,
+        /// Re-issue every service certificate even if still valid (and replace
+        /// an unusable CA).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+fn certs_main(command: CertsCommand) -> ExitCode {
+    match command {
+        CertsCommand::Init {
+            dir,
+            services,
+            trust_domain,
+            leaf_validity,
+            ca_validity,
+            force,
+        } => {
+            let result = crate::certs::parse_services(&services).and_then(|services| {
+                crate::certs::init(&crate::certs::InitOptions {
+                    dir,
+                    services,
+                    trust_domain,
+                    leaf_validity,
+                    ca_validity,
+                    force,
+                })
+            });
+            match result {
+                Ok(report) => {
+                    for line in report {
+                        println!("{line}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
 }
 
 fn print_errors(file: &Path, errors: &[ConfigError]) {
@@ -55,6 +130,7 @@ fn print_errors(file: &Path, errors: &[ConfigError]) {
 /// Runs the parsed command and returns the process exit code.
 pub fn main(cli: Cli) -> ExitCode {
     match cli.command {
+        Command::Certs { command } => certs_main(command),
         Command::Run { config } => {
             crate::logging::init();
             let result = crate::server::run(&config);

@@ -8,6 +8,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod conn;
