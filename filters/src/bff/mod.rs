@@ -4,4 +4,5 @@
 //! `bff` route filter build on these (issue 5; not wired into the engine yet).
 
 pub mod crypto;
+pub mod redis_store;
 pub mod store;
