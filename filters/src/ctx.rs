@@ -30,6 +30,9 @@ pub struct RequestCtx {
     pub user: Option<Arc<str>>,
     /// Client name of a verified API key, set by the `api_key` filter.
     pub api_client: Option<Arc<str>>,
+    /// Mesh identity of the calling service (last segment of the SPIFFE ID in its mTLS
+    /// client certificate), set by the engine on `mtls` listeners.
+    pub caller: Option<Arc<str>>,
     /// Per-request state a filter hands from its request hook to its response hook
     /// (a typed map; costs nothing until a filter inserts something).
     pub extensions: http::Extensions,
@@ -46,6 +49,7 @@ impl Default for RequestCtx {
             route: NO_ROUTE.clone(),
             user: None,
             api_client: None,
+            caller: None,
             extensions: http::Extensions::new(),
         }
     }

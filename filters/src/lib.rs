@@ -7,6 +7,7 @@
 //! response hooks of the filters already entered and closes or drains the connection. That
 //! keeps error bodies, CORS headers and request ids consistent however a request ends.
 
+pub mod allow_callers;
 pub mod api_key;
 pub mod bff;
 pub mod body_limit;

@@ -34,6 +34,7 @@ use crate::runtime::Runtime;
 
 const X_REQUEST_ID: &str = "x-request-id";
 const TRACEPARENT: &str = "traceparent";
+const X_MESHGATE_CALLER: &str = "x-meshgate-caller";
 /// Pingora custom error type used to carry an [`ErrorKind`] decided by the engine to
 /// `fail_to_proxy`, which is where the response writer runs for errors.
 const LOCAL: &str = "meshgate_local";
@@ -494,6 +495,11 @@ impl ProxyHttp for MeshProxy {
                 .map_or_else(TraceParent::new_root, |t| t.child()),
         );
         ctx.req.tls = self.listener.tls;
+        ctx.req.caller = session
+            .digest()
+            .and_then(|d| d.ssl_digest.as_ref())
+            .and_then(|s| s.extension.get::<crate::tls::PeerIdentity>())
+            .map(|id| id.service.clone());
         Ok(())
     }
 
@@ -711,6 +717,14 @@ impl ProxyHttp for MeshProxy {
                         }
                     }
                 }
+            }
+        }
+        // The caller's verified mesh identity, for the app; a client-sent copy is never
+        // passed on.
+        upstream.remove_header(X_MESHGATE_CALLER);
+        if let Some(caller) = &ctx.req.caller {
+            if let Ok(v) = HeaderValue::from_str(caller) {
+                let _ = upstream.insert_header(X_MESHGATE_CALLER, v);
             }
         }
         for f in route.filters.filters() {

@@ -146,7 +146,7 @@ pub fn run(path: &Path) -> Result<(), Vec<ConfigError>> {
         );
         match &l.tls {
             Some(t) => {
-                let settings = crate::tls::settings(t, base)
+                let settings = crate::tls::settings(t, l.mtls.as_ref(), base)
                     .map_err(|m| vec![ConfigError::new(format!("listeners.{}.tls", l.name), m)])?;
                 svc.add_tls_with_settings(&l.address, None, settings);
             }

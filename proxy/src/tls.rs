@@ -12,7 +12,8 @@ use pingora::tls::sign::CertifiedKey;
 use pingora::tls::{ClientHello, CryptoProvider, ResolvesServerCert};
 use rustls::InconsistentKeys;
 
-use crate::config::spec::TlsSpec;
+use crate::config::spec::{MtlsSpec, TlsSpec};
+use pingora::tls::{RootCertStore, WebPkiClientVerifier};
 
 /// Picks a certificate by SNI: exact name, then `*.parent` wildcard, then the default.
 #[derive(Debug)]
@@ -116,15 +117,92 @@ pub fn resolver(spec: &TlsSpec, base: &Path) -> Result<SniResolver, String> {
 }
 
 /// Pingora TLS settings for a listener: our resolver, TLS 1.2+, h2 by ALPN when enabled.
-pub fn settings(spec: &TlsSpec, base: &Path) -> Result<TlsSettings, String> {
+pub fn settings(
+    spec: &TlsSpec,
+    mtls: Option<&MtlsSpec>,
+    base: &Path,
+) -> Result<TlsSettings, String> {
     let resolver = resolver(spec, base)?;
-    // The paths are unused once a resolver is set; `intermediate` is the constructor that
-    // takes no callbacks.
-    let mut settings =
-        TlsSettings::intermediate("", "").map_err(|e| format!("TLS settings: {e}"))?;
+    let mut settings = match mtls {
+        // The handshake callback reads the client's SPIFFE identity once per connection,
+        // so requests only look it up.
+        Some(_) => TlsSettings::with_callbacks(Box::new(PeerIdentityCallback)),
+        // The paths are unused once a resolver is set; `intermediate` is the constructor
+        // that takes no callbacks.
+        None => TlsSettings::intermediate("", ""),
+    }
+    .map_err(|e| format!("TLS settings: {e}"))?;
     settings.set_cert_resolver(Arc::new(resolver));
+    if let Some(m) = mtls {
+        let roots = load_roots(base, &m.ca)?;
+        let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
+            .build()
+            .map_err(|e| format!("mtls.ca: cannot build a client verifier: {e}"))?;
+        settings.set_client_cert_verifier(verifier);
+    }
     if spec.http2 {
         settings.enable_h2();
     }
     Ok(settings)
+}
+
+/// Reads the CA certificates client certificates must chain to.
+pub fn load_roots(base: &Path, ca: &str) -> Result<RootCertStore, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let path = base.join(ca);
+    let mut roots = RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(&path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| format!("invalid PEM in {}: {e}", path.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("unusable CA certificate in {}: {e}", path.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{} holds no CA certificate", path.display()));
+    }
+    Ok(roots)
+}
+
+/// The verified client identity of an mTLS connection, kept in Pingora's TLS digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerIdentity {
+    /// The full SPIFFE ID, e.g. `spiffe://meshgate.local/orders`.
+    pub spiffe_id: String,
+    /// Its last path segment: the service name used by `allow_callers`.
+    pub service: Arc<str>,
+}
+
+/// The first `spiffe://` URI SAN of a DER certificate.
+pub fn spiffe_identity(der: &[u8]) -> Option<PeerIdentity> {
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|n| match n {
+        GeneralName::URI(uri) if uri.starts_with("spiffe://") => {
+            let rest = &uri["spiffe://".len()..];
+            let (_, path) = rest.split_once('/')?;
+            let service = path.rsplit('/').next().filter(|s| !s.is_empty())?;
+            Some(PeerIdentity {
+                spiffe_id: (*uri).to_string(),
+                service: Arc::from(service),
+            })
+        }
+        _ => None,
+    })
+}
+
+struct PeerIdentityCallback;
+
+#[async_trait::async_trait]
+impl pingora::listeners::TlsAccept for PeerIdentityCallback {
+    async fn handshake_complete_callback(
+        &self,
+        tls: &pingora::protocols::tls::TlsRef,
+    ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        let der = tls.peer_certificate_der()?;
+        spiffe_identity(der).map(|id| Arc::new(id) as Arc<dyn std::any::Any + Send + Sync>)
+    }
 }

@@ -96,6 +96,17 @@ pub struct ListenerSpec {
     /// Terminate TLS on this listener.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
+    /// Require client certificates chained to this CA (mesh mTLS); needs `tls`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtls: Option<MtlsSpec>,
+}
+
+/// `listeners[].mtls`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MtlsSpec {
+    /// PEM file with the CA certificate(s) client certificates must chain to.
+    pub ca: String,
 }
 
 /// `listeners[].tls`.
@@ -417,6 +428,8 @@ pub enum FilterSpec {
     Fault(FaultSpec),
     /// Token-bucket rate limit, local or shared through Redis.
     RateLimit(RateLimitSpec),
+    /// Mesh identities (from mTLS client certificates) allowed on the route.
+    AllowCallers(Vec<String>),
     /// API key check against hashed keys.
     ApiKey(ApiKeySpec),
     /// CORS policy and preflight answers.
@@ -434,6 +447,7 @@ impl FilterSpec {
             FilterSpec::Retry(_) => "retry",
             FilterSpec::Fault(_) => "fault",
             FilterSpec::RateLimit(_) => "rate_limit",
+            FilterSpec::AllowCallers(_) => "allow_callers",
             FilterSpec::ApiKey(_) => "api_key",
             FilterSpec::Cors(_) => "cors",
             FilterSpec::Jwt(_) => "jwt",

@@ -68,6 +68,17 @@ pub(super) fn validate(
                 format!("invalid address {:?} (expected ip:port)", l.address),
             ),
         }
+        if let Some(m) = &l.mtls {
+            if l.tls.is_none() {
+                err(
+                    child_key(&base, "mtls"),
+                    "mtls needs `tls` on the same listener".into(),
+                );
+            }
+            if let Err(msg) = crate::tls::load_roots(base_dir, &m.ca) {
+                err(child_key(&child_key(&base, "mtls"), "ca"), msg);
+            }
+        }
         if let Some(tls) = &l.tls {
             if l.h2c {
                 err(

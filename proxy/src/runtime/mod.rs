@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
+use meshgate_filters::allow_callers::AllowCallersFilter;
 use meshgate_filters::api_key::ApiKeyFilter;
 use meshgate_filters::body_limit::BodyLimitFilter;
 use meshgate_filters::cors::CorsFilter;
@@ -383,6 +384,7 @@ fn compile_filter(
         }
         FilterSpec::ApiKey(k) => Arc::new(ApiKeyFilter::new(k, base_dir)?),
         FilterSpec::Cors(c) => Arc::new(CorsFilter::new(c)?),
+        FilterSpec::AllowCallers(names) => Arc::new(AllowCallersFilter::new(names)?),
         FilterSpec::Headers(h) => Arc::new(HeadersFilter::new(h)?),
         FilterSpec::BodyLimit(limit) => Arc::new(BodyLimitFilter::new(*limit)),
         FilterSpec::Fault(f) => Arc::new(FaultFilter::new(f)?),
