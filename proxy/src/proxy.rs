@@ -584,7 +584,17 @@ impl ProxyHttp for MeshProxy {
             .and_then(|p| p.per_try_timeout)
             .unwrap_or(route.timeout)
             .min(remaining);
-        let mut peer = HttpPeer::new(ep.addr, false, String::new());
+        let mut peer = match &cluster.tls {
+            // The identity is the server name: the endpoint's certificate must chain to the
+            // mesh CA and carry it, and our own certificate goes along (mTLS).
+            Some(t) => {
+                let mut p = HttpPeer::new(ep.addr, true, t.identity.clone());
+                p.client_cert_key = Some(t.cert_key.clone());
+                p.options.ca = Some(t.ca.clone());
+                p
+            }
+            None => HttpPeer::new(ep.addr, false, String::new()),
+        };
         peer.options.connection_timeout = Some(cluster.connect_timeout.min(remaining));
         peer.options.read_timeout = Some(per_try);
         peer.options.write_timeout = Some(per_try);

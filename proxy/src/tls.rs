@@ -146,6 +146,80 @@ pub fn settings(
     Ok(settings)
 }
 
+/// What an mTLS client needs to reach one cluster: the CA to trust, the name to verify,
+/// and the certificate to present.
+pub struct UpstreamTls {
+    /// Expected identity (verified as the server name).
+    pub identity: String,
+    /// CA certificates for Pingora's per-peer trust store.
+    pub ca: Arc<pingora::protocols::tls::CaType>,
+    /// Client certificate and key.
+    pub cert_key: Arc<pingora::utils::tls::CertKey>,
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Loads a cluster's TLS material. Certificates and the key are parsed here (and the pair
+/// checked) so nothing can fail later inside Pingora's connector, which panics on bad keys.
+pub fn upstream(
+    base: &Path,
+    identity: &str,
+    ca: &str,
+    cert: &str,
+    key: &str,
+) -> Result<UpstreamTls, String> {
+    use pingora::utils::tls::{parse_x509, WrappedX509};
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    check_pair(base, cert, key)?;
+    let roots = load_roots(base, ca)?;
+    drop(roots);
+    let ca_path = base.join(ca);
+    let mut ca_certs = Vec::new();
+    for c in CertificateDer::pem_file_iter(&ca_path)
+        .map_err(|e| format!("cannot read {}: {e}", ca_path.display()))?
+    {
+        let c = c.map_err(|e| format!("invalid PEM in {}: {e}", ca_path.display()))?;
+        x509_parser::parse_x509_certificate(c.as_ref())
+            .map_err(|_| format!("invalid certificate in {}", ca_path.display()))?;
+        ca_certs.push(WrappedX509::new(c.as_ref().to_vec(), parse_x509));
+    }
+    let cert_path = base.join(cert);
+    let mut chain = Vec::new();
+    for c in CertificateDer::pem_file_iter(&cert_path)
+        .map_err(|e| format!("cannot read {}: {e}", cert_path.display()))?
+    {
+        let c = c.map_err(|e| format!("invalid PEM in {}: {e}", cert_path.display()))?;
+        x509_parser::parse_x509_certificate(c.as_ref())
+            .map_err(|_| format!("invalid certificate in {}", cert_path.display()))?;
+        chain.push(c.as_ref().to_vec());
+    }
+    if chain.is_empty() {
+        return Err(format!("{} holds no certificate", cert_path.display()));
+    }
+    let key_path = base.join(key);
+    let key = PrivateKeyDer::from_pem_file(&key_path)
+        .map_err(|_| format!("no usable private key in {}", key_path.display()))?;
+    let key_der = key.secret_der().to_vec();
+    if PrivateKeyDer::try_from(key_der.clone()).is_err() {
+        return Err(format!(
+            "unsupported private key format in {}",
+            key_path.display()
+        ));
+    }
+    Ok(UpstreamTls {
+        identity: identity.to_string(),
+        ca: Arc::from(ca_certs.into_boxed_slice()),
+        cert_key: Arc::new(pingora::utils::tls::CertKey::new(chain, key_der)),
+    })
+}
+
 /// Reads the CA certificates client certificates must chain to.
 pub fn load_roots(base: &Path, ca: &str) -> Result<RootCertStore, String> {
     use rustls::pki_types::pem::PemObject;

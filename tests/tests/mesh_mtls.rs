@@ -120,3 +120,82 @@ async fn mtls_identity_and_allow_callers() {
         "mTLS must require a client certificate"
     );
 }
+
+/// Outbound: the orders sidecar's loopback listener routes by `Host` to the inventory
+/// sidecar, originating mTLS with orders' certificate and checking inventory's identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_mtls_reaches_the_peer_sidecar_as_its_own_identity() {
+    let dir = ConfigDir::new();
+    let certs = dir.path().join("certs");
+    let out = meshgate_cmd(&[
+        "certs",
+        "init",
+        "--dir",
+        certs.to_str().expect("utf-8 path"),
+        "--services",
+        "inventory,orders",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let c = |f: &str| certs.join(f).display().to_string();
+
+    let app = Backend::start("inventory-app").await;
+    let (in_port, in_admin) = (free_port(), free_port());
+    let inbound = format!(
+        "mode: sidecar\nservice: inventory\n\
+         listeners:\n  - name: inbound\n    address: 127.0.0.1:{in_port}\n\
+         \x20   tls: {{ cert: \"{}\", key: \"{}\" }}\n    mtls: {{ ca: \"{}\" }}\n\
+         admin: {{ address: 127.0.0.1:{in_admin} }}\n\
+         clusters:\n  app: {{ endpoints: [\"{}\"] }}\n\
+         routes:\n  - name: reserve\n    to: app\n    filters: [ {{ allow_callers: [orders] }} ]\n",
+        c("inventory.crt"),
+        c("inventory.key"),
+        c("ca.crt"),
+        app.addr()
+    );
+    let _inventory = Meshgate::start(&inbound).await;
+
+    let (out_port, out_admin) = (free_port(), free_port());
+    let outbound = |identity: &str| {
+        format!(
+            "mode: sidecar\nservice: orders\n\
+             listeners:\n  - name: outbound\n    address: 127.0.0.1:{out_port}\n\
+             admin: {{ address: 127.0.0.1:{out_admin} }}\n\
+             clusters:\n  inventory:\n    endpoints: [\"127.0.0.1:{in_port}\"]\n\
+             \x20   tls: {{ identity: {identity}, ca: \"{}\", cert: \"{}\", key: \"{}\" }}\n\
+             routes:\n  - name: to-inventory\n    match: {{ host: inventory }}\n    to: inventory\n",
+            c("ca.crt"),
+            c("orders.crt"),
+            c("orders.key")
+        )
+    };
+    let orders = Meshgate::start(&outbound("inventory")).await;
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{out_port}/reserve");
+    let r = http
+        .post(&url)
+        .header("host", "inventory")
+        .send()
+        .await
+        .expect("call");
+    assert_eq!(r.status(), 200);
+    let seen = app.last_request().expect("forwarded");
+    assert_eq!(seen.header("x-meshgate-caller").as_deref(), Some("orders"));
+    drop(orders);
+
+    // Expecting another identity than the peer proves: the handshake fails, nothing is sent.
+    let before = app.request_count();
+    let wrong = Meshgate::start(&outbound("catalog")).await;
+    let r = http
+        .post(&url)
+        .header("host", "inventory")
+        .send()
+        .await
+        .expect("call");
+    assert_eq!(r.status(), 502);
+    assert_eq!(app.request_count(), before);
+    drop(wrong);
+}

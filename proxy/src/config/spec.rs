@@ -204,12 +204,30 @@ pub struct ClusterSpec {
     /// Active health checking; endpoints are assumed healthy without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheckSpec>,
+    /// Originate (m)TLS to the endpoints and expect this peer identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ClusterTlsSpec>,
     /// Per-endpoint circuit breaker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit_breaker: Option<CircuitBreakerSpec>,
     /// Passive ejection of endpoints that keep answering 5xx.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierSpec>,
+}
+
+/// `clusters.<name>.tls`: mesh mTLS to a service's sidecar.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterTlsSpec {
+    /// The service the endpoints must prove to be: their certificate must chain to `ca` and
+    /// name it (the DNS SAN that `meshgate certs init` writes next to the SPIFFE ID).
+    pub identity: String,
+    /// PEM CA certificate(s) the endpoints' certificates must chain to.
+    pub ca: String,
+    /// This proxy's client certificate (PEM chain), presented to the endpoints.
+    pub cert: String,
+    /// Its private key (PEM).
+    pub key: String,
 }
 
 /// `clusters.<name>.circuit_breaker`, tracked per endpoint.

@@ -192,6 +192,25 @@ pub(super) fn validate(
                 err(p, format!("duplicate endpoint {ep:?}"));
             }
         }
+        if let Some(t) = &c.tls {
+            let tb = child_key(&base, "tls");
+            if !valid_host_pattern(&t.identity) || t.identity.contains('*') {
+                err(
+                    child_key(&tb, "identity"),
+                    format!("invalid identity {:?}", t.identity),
+                );
+            }
+            if let Err(msg) = crate::tls::load_roots(base_dir, &t.ca) {
+                err(child_key(&tb, "ca"), msg);
+            }
+            check_pem(base_dir, &t.cert, &t.key, &tb, &mut err);
+            if c.health_check.is_some() {
+                err(
+                    child_key(&base, "health_check"),
+                    "active health checks over TLS are not supported yet; rely on outlier_detection".into(),
+                );
+            }
+        }
         if c.connect_timeout.get().is_zero() {
             err(
                 child_key(&base, "connect_timeout"),

@@ -143,6 +143,9 @@ pub struct Cluster {
     pub breaker: Option<BreakerPolicy>,
     /// Outlier ejection settings, if configured.
     pub outlier: Option<OutlierPolicy>,
+    /// mTLS to the endpoints, if configured (set by the runtime compiler, which has the
+    /// config file's directory).
+    pub tls: Option<Arc<crate::tls::UpstreamTls>>,
     balancer: Balancer,
 }
 
@@ -215,6 +218,7 @@ impl Cluster {
             health_check: spec.health_check.clone(),
             breaker: spec.circuit_breaker.as_ref().map(BreakerPolicy::new),
             outlier: spec.outlier_detection.as_ref().map(OutlierPolicy::new),
+            tls: None,
             balancer,
         })
     }

@@ -136,8 +136,17 @@ impl Runtime {
         let mut clusters = BTreeMap::new();
         for (name, c) in &spec.clusters {
             match Cluster::compile(name, c, registry) {
-                Ok(c) => {
-                    clusters.insert(name.clone(), Arc::new(c));
+                Ok(mut compiled) => {
+                    if let Some(t) = &c.tls {
+                        match crate::tls::upstream(base_dir, &t.identity, &t.ca, &t.cert, &t.key) {
+                            Ok(u) => compiled.tls = Some(Arc::new(u)),
+                            Err(msg) => errors.push(ConfigError::new(
+                                child_key(&child_key("clusters", name), "tls"),
+                                msg,
+                            )),
+                        }
+                    }
+                    clusters.insert(name.clone(), Arc::new(compiled));
                 }
                 Err(errs) => {
                     for (i, msg) in errs {
