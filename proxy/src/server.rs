@@ -61,6 +61,28 @@ impl BackgroundService for ProviderPrefetch {
     }
 }
 
+/// Re-reads listener certificates when their files change; a poll every two seconds is
+/// plenty for leaves that live hours and works wherever the files come from (a volume,
+/// a secret mount, `meshgate certs init`).
+struct CertWatch(Vec<Arc<crate::tls::ReloadingResolver>>);
+
+#[async_trait]
+impl BackgroundService for CertWatch {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+                _ = shutdown.changed() => return,
+            }
+            for r in &self.0 {
+                let r = r.clone();
+                // File reads and certificate parsing are blocking work.
+                let _ = tokio::task::spawn_blocking(move || r.check()).await;
+            }
+        }
+    }
+}
+
 struct HealthService(Arc<ArcSwap<Runtime>>);
 
 #[async_trait]
@@ -123,6 +145,7 @@ pub fn run(path: &Path) -> Result<(), Vec<ConfigError>> {
     let conf = server.configuration.clone();
 
     let mut addrs: Vec<SocketAddr> = Vec::new();
+    let mut resolvers = Vec::new();
     for l in &spec.listeners {
         let tls = l.tls.is_some();
         let mut proxy = pingora::proxy::http_proxy(
@@ -146,8 +169,9 @@ pub fn run(path: &Path) -> Result<(), Vec<ConfigError>> {
         );
         match &l.tls {
             Some(t) => {
-                let settings = crate::tls::settings(t, l.mtls.as_ref(), base)
+                let (settings, resolver) = crate::tls::settings(t, l.mtls.as_ref(), base)
                     .map_err(|m| vec![ConfigError::new(format!("listeners.{}.tls", l.name), m)])?;
+                resolvers.push(resolver);
                 svc.add_tls_with_settings(&l.address, None, settings);
             }
             None => svc.add_tcp(&l.address),
@@ -174,6 +198,12 @@ pub fn run(path: &Path) -> Result<(), Vec<ConfigError>> {
         "provider keys",
         ProviderPrefetch(registry.clone()),
     ));
+    if !resolvers.is_empty() {
+        server.add_service(background_service(
+            "certificate files",
+            CertWatch(resolvers),
+        ));
+    }
     let reloader = Arc::new(Reloader::new(path.to_path_buf(), runtime.clone(), registry));
     server.add_service(background_service("config reload", ReloadService(reloader)));
 

@@ -116,13 +116,97 @@ pub fn resolver(spec: &TlsSpec, base: &Path) -> Result<SniResolver, String> {
     })
 }
 
+/// A listener's certificates, re-read when their files change (short-lived mesh leaves are
+/// rotated without a restart). Handshakes always use the last set that loaded completely;
+/// a broken rotation is logged and the previous certificates keep serving.
+#[derive(Debug)]
+pub struct ReloadingResolver {
+    current: arc_swap::ArcSwap<SniResolver>,
+    spec: TlsSpec,
+    base: std::path::PathBuf,
+    stamp: std::sync::Mutex<Vec<Option<(std::time::SystemTime, u64)>>>,
+}
+
+impl ReloadingResolver {
+    /// Loads the certificates of `spec` now.
+    pub fn new(spec: &TlsSpec, base: &Path) -> Result<Self, String> {
+        let first = resolver(spec, base)?;
+        let r = Self {
+            current: arc_swap::ArcSwap::from_pointee(first),
+            spec: spec.clone(),
+            base: base.to_path_buf(),
+            stamp: std::sync::Mutex::new(Vec::new()),
+        };
+        let stamps = r.stamps();
+        *r.stamp
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = stamps;
+        Ok(r)
+    }
+
+    fn files(&self) -> Vec<std::path::PathBuf> {
+        let mut files = vec![
+            self.base.join(&self.spec.cert),
+            self.base.join(&self.spec.key),
+        ];
+        for s in &self.spec.sni {
+            files.push(self.base.join(&s.cert));
+            files.push(self.base.join(&s.key));
+        }
+        files
+    }
+
+    fn stamps(&self) -> Vec<Option<(std::time::SystemTime, u64)>> {
+        self.files()
+            .iter()
+            .map(|f| {
+                std::fs::metadata(f)
+                    .ok()
+                    .and_then(|m| Some((m.modified().ok()?, m.len())))
+            })
+            .collect()
+    }
+
+    /// Reloads when any file changed since the last look; returns whether new certificates
+    /// are now serving.
+    pub fn check(&self) -> bool {
+        let now = self.stamps();
+        let mut seen = self
+            .stamp
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *seen == now {
+            return false;
+        }
+        *seen = now;
+        match resolver(&self.spec, &self.base) {
+            Ok(r) => {
+                self.current.store(Arc::new(r));
+                tracing::info!(cert = %self.spec.cert, "listener certificates reloaded");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "certificate files changed but do not load; keeping the previous ones");
+                false
+            }
+        }
+    }
+}
+
+impl ResolvesServerCert for ReloadingResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load().pick(hello.server_name()).clone())
+    }
+}
+
 /// Pingora TLS settings for a listener: our resolver, TLS 1.2+, h2 by ALPN when enabled.
+/// Also returns the resolver so its files can be watched.
 pub fn settings(
     spec: &TlsSpec,
     mtls: Option<&MtlsSpec>,
     base: &Path,
-) -> Result<TlsSettings, String> {
-    let resolver = resolver(spec, base)?;
+) -> Result<(TlsSettings, Arc<ReloadingResolver>), String> {
+    let resolver = Arc::new(ReloadingResolver::new(spec, base)?);
     let mut settings = match mtls {
         // The handshake callback reads the client's SPIFFE identity once per connection,
         // so requests only look it up.
@@ -132,7 +216,7 @@ pub fn settings(
         None => TlsSettings::intermediate("", ""),
     }
     .map_err(|e| format!("TLS settings: {e}"))?;
-    settings.set_cert_resolver(Arc::new(resolver));
+    settings.set_cert_resolver(resolver.clone());
     if let Some(m) = mtls {
         let roots = load_roots(base, &m.ca)?;
         let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
@@ -143,7 +227,7 @@ pub fn settings(
     if spec.http2 {
         settings.enable_h2();
     }
-    Ok(settings)
+    Ok((settings, resolver))
 }
 
 /// What an mTLS client needs to reach one cluster: the CA to trust, the name to verify,

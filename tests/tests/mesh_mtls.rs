@@ -199,3 +199,83 @@ async fn outbound_mtls_reaches_the_peer_sidecar_as_its_own_identity() {
     assert_eq!(app.request_count(), before);
     drop(wrong);
 }
+
+/// Short-lived leaves are rotated on disk; the listener serves the new certificate without a
+/// restart, and a rotation that leaves broken files keeps the previous certificate serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listener_certificates_rotate_without_restart() {
+    use meshgate_tests::client;
+    use meshgate_tests::wait;
+    use std::time::Duration;
+
+    let dir = ConfigDir::new();
+    let certs = dir.path().join("certs");
+    let init = |force: bool| {
+        let mut args = vec![
+            "certs",
+            "init",
+            "--dir",
+            certs.to_str().expect("utf-8"),
+            "--services",
+            "inventory",
+        ];
+        if force {
+            args.push("--force");
+        }
+        let out = meshgate_cmd(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    init(false);
+    let app = Backend::start("app").await;
+    let (port, admin) = (free_port(), free_port());
+    let c = |f: &str| certs.join(f).display().to_string();
+    let yaml = format!(
+        "mode: sidecar\nservice: inventory\n\
+         listeners:\n  - name: inbound\n    address: 127.0.0.1:{port}\n\
+         \x20   tls: {{ cert: \"{}\", key: \"{}\" }}\n\
+         admin: {{ address: 127.0.0.1:{admin} }}\n\
+         clusters:\n  app: {{ endpoints: [\"{}\"] }}\n\
+         routes:\n  - {{ name: all, to: app }}\n",
+        c("inventory.crt"),
+        c("inventory.key"),
+        app.addr()
+    );
+    let gw = Meshgate::start(&yaml).await;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let ca = read(&certs, "ca.crt");
+    let served = || async {
+        // A fresh client per look: a pooled connection would keep the old handshake.
+        let http = client::tls(&ca, &[("inventory", addr)]);
+        let r = http
+            .get(format!("https://inventory:{port}/"))
+            .send()
+            .await
+            .ok()?;
+        client::peer_certificate(&r)
+    };
+    let first = served().await.expect("served certificate");
+
+    init(true);
+    let rotated = wait::until(Duration::from_secs(10), || async {
+        served().await.filter(|der| *der != first)
+    })
+    .await
+    .expect("the listener picked up the re-issued certificate");
+    let on_disk = std::fs::read_to_string(certs.join("inventory.crt")).expect("cert");
+    assert!(!on_disk.is_empty());
+
+    // Broken files: the rotated certificate keeps serving.
+    std::fs::write(certs.join("inventory.key"), "not a key").expect("write");
+    let noticed = wait::until(Duration::from_secs(10), || async {
+        gw.stderr()
+            .contains("certificate files changed but do not load")
+            .then_some(())
+    })
+    .await;
+    assert!(noticed.is_some(), "the broken rotation was seen and logged");
+    assert_eq!(served().await.as_deref(), Some(rotated.as_slice()));
+}
