@@ -29,6 +29,8 @@ pub enum Trigger {
     Signal,
     /// The file changed on disk.
     FileChange,
+    /// A certificate or key file that a cluster's `tls` names changed on disk.
+    Certificates,
 }
 
 /// Owns the path and the swap; one reload at a time.
@@ -50,6 +52,15 @@ impl Reloader {
             registry,
             last: Mutex::new(last),
         }
+    }
+
+    /// The directory relative paths in the config are resolved against.
+    pub fn base_dir(&self) -> std::path::PathBuf {
+        self.path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf()
     }
 
     /// Reloads now. File-change triggers skip files whose content did not change (editors

@@ -64,20 +64,62 @@ impl BackgroundService for ProviderPrefetch {
 /// Re-reads listener certificates when their files change; a poll every two seconds is
 /// plenty for leaves that live hours and works wherever the files come from (a volume,
 /// a secret mount, `meshgate certs init`).
-struct CertWatch(Vec<Arc<crate::tls::ReloadingResolver>>);
+///
+/// Cluster client certificates are part of the compiled runtime, so a change to them
+/// triggers a config reload (which re-reads them and swaps the runtime atomically).
+struct CertWatch {
+    listeners: Vec<Arc<crate::tls::ReloadingResolver>>,
+    runtime: Arc<ArcSwap<Runtime>>,
+    reloader: Arc<Reloader>,
+}
+
+/// Modification time and size of every file a cluster's `tls` names.
+fn cluster_cert_stamps(rt: &Runtime, base: &Path) -> Vec<Option<(std::time::SystemTime, u64)>> {
+    rt.spec
+        .clusters
+        .values()
+        .filter_map(|c| c.tls.as_ref())
+        .flat_map(|t| [&t.ca, &t.cert, &t.key])
+        .map(|f| {
+            std::fs::metadata(base.join(f))
+                .ok()
+                .and_then(|m| Some((m.modified().ok()?, m.len())))
+        })
+        .collect()
+}
 
 #[async_trait]
 impl BackgroundService for CertWatch {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        let base = self.reloader.base_dir();
+        let start = self.runtime.load_full();
+        let mut seen = (start.generation, cluster_cert_stamps(&start, &base));
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
                 _ = shutdown.changed() => return,
             }
-            for r in &self.0 {
+            for r in &self.listeners {
                 let r = r.clone();
                 // File reads and certificate parsing are blocking work.
                 let _ = tokio::task::spawn_blocking(move || r.check()).await;
+            }
+            let rt = self.runtime.load_full();
+            let now = cluster_cert_stamps(&rt, &base);
+            // A new generation (the config changed) starts a new baseline; only a change
+            // under the same generation means the files themselves moved.
+            if seen.0 == rt.generation && seen.1 != now && !now.is_empty() {
+                let reloader = self.reloader.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    reloader.reload(crate::reload::Trigger::Certificates)
+                })
+                .await;
+                seen = (
+                    self.runtime.load().generation,
+                    cluster_cert_stamps(&self.runtime.load(), &base),
+                );
+            } else {
+                seen = (rt.generation, now);
             }
         }
     }
@@ -198,13 +240,15 @@ pub fn run(path: &Path) -> Result<(), Vec<ConfigError>> {
         "provider keys",
         ProviderPrefetch(registry.clone()),
     ));
-    if !resolvers.is_empty() {
-        server.add_service(background_service(
-            "certificate files",
-            CertWatch(resolvers),
-        ));
-    }
     let reloader = Arc::new(Reloader::new(path.to_path_buf(), runtime.clone(), registry));
+    server.add_service(background_service(
+        "certificate files",
+        CertWatch {
+            listeners: resolvers,
+            runtime: runtime.clone(),
+            reloader: reloader.clone(),
+        },
+    ));
     server.add_service(background_service("config reload", ReloadService(reloader)));
 
     tracing::info!(

@@ -184,6 +184,42 @@ async fn outbound_mtls_reaches_the_peer_sidecar_as_its_own_identity() {
     assert_eq!(r.status(), 200);
     let seen = app.last_request().expect("forwarded");
     assert_eq!(seen.header("x-meshgate-caller").as_deref(), Some("orders"));
+
+    // Rotating every leaf: the outbound sidecar reloads its client certificate (a new
+    // config generation) and the inbound one its server certificate; calls keep working.
+    let out = meshgate_cmd(&[
+        "certs",
+        "init",
+        "--dir",
+        certs.to_str().expect("utf-8 path"),
+        "--services",
+        "inventory,orders",
+        "--force",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reloaded = meshgate_tests::wait::until(std::time::Duration::from_secs(10), || async {
+        let g = orders
+            .metric("meshgate_config_generation", &[])
+            .await
+            .unwrap_or(0.0);
+        (g >= 2.0).then_some(g)
+    })
+    .await;
+    assert!(
+        reloaded.is_some(),
+        "the outbound sidecar reloaded after its certificate changed"
+    );
+    let r = http
+        .post(&url)
+        .header("host", "inventory")
+        .send()
+        .await
+        .expect("call");
+    assert_eq!(r.status(), 200, "calls work with the rotated certificates");
     drop(orders);
 
     // Expecting another identity than the peer proves: the handshake fails, nothing is sent.
