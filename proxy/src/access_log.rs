@@ -129,6 +129,10 @@ pub struct Entry<'a> {
     pub retry_skipped: Option<&'a str>,
     /// Name of the verified API key's client.
     pub api_client: Option<&'a str>,
+    /// Verified subject (`sub`) of a bearer token or session.
+    pub user: Option<&'a str>,
+    /// Mesh identity of the calling service (mTLS).
+    pub caller: Option<&'a str>,
     /// Error summary, if the request failed.
     pub error: Option<&'a str>,
 }
@@ -261,6 +265,12 @@ pub fn format(e: &Entry<'_>, now: SystemTime) -> String {
     }
     if let Some(c) = e.api_client {
         push_str(&mut out, "api_client", c);
+    }
+    if let Some(u) = e.user {
+        push_str(&mut out, "user", u);
+    }
+    if let Some(c) = e.caller {
+        push_str(&mut out, "caller", c);
     }
     if let Some(err) = e.error {
         push_str(&mut out, "error", err);

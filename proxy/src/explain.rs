@@ -62,6 +62,7 @@ pub fn explain(
         host: &host,
         path: &path,
         headers: &map,
+        listener: None,
     };
     let trace = rt.router.trace(&input);
     let mut matched = None;

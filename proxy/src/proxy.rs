@@ -264,6 +264,7 @@ impl MeshProxy {
             host: &ctx.host,
             path,
             headers: &req.headers,
+            listener: Some(&self.listener.name),
         };
         let Some(route) = rt.router.find(&input).cloned() else {
             return Err(LocalResponse::error(ErrorKind::NoRoute));
@@ -953,6 +954,8 @@ impl ProxyHttp for MeshProxy {
             retry_reason: ctx.retry_reason.map(RetryReason::label),
             retry_skipped: ctx.retry_skipped,
             api_client: ctx.req.api_client.as_deref(),
+            user: ctx.req.user.as_deref(),
+            caller: ctx.req.caller.as_deref(),
             error: error.as_deref(),
         });
         if ctx.counted {

@@ -244,4 +244,12 @@ async fn tokens_from_the_dev_provider_open_exactly_the_allowed_routes() {
         .await
         .unwrap_or(0.0);
     assert!(fetched >= 1.0, "keys were fetched from the provider");
+    let logged = wait::until(Duration::from_secs(5), || async {
+        gw.access_log()
+            .iter()
+            .any(|l| l["route"] == "orders" && l["status"] == 200 && l["user"] == "alice")
+            .then_some(())
+    })
+    .await;
+    assert!(logged.is_some(), "the access log names the verified user");
 }

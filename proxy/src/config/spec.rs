@@ -408,6 +408,10 @@ pub struct MatchSpec {
     /// Headers that must be present with exactly these values.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
+    /// Only requests arriving on these listeners (by name); empty = every listener. A
+    /// sidecar uses it to keep inbound (mesh) and outbound (app) routes apart.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listeners: Vec<String>,
 }
 
 /// `routes[].rewrite`.

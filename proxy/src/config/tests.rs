@@ -244,3 +244,20 @@ fn config_view_shows_templates_not_environment_values() {
     assert!(shown.contains("Bearer ${BACKEND}"), "{shown}");
     assert!(shown.contains("${BACKEND}"), "{shown}");
 }
+
+#[test]
+fn routes_may_only_name_existing_listeners() {
+    let text = VALID.replace(
+        "    match: { path_prefix: /api/orders }",
+        "    match: { path_prefix: /api/orders, listeners: [public, inbound] }",
+    );
+    let errs = errors(&text);
+    assert!(
+        has(
+            &errs,
+            "routes[0].match.listeners[1]",
+            "unknown listener \"inbound\""
+        ),
+        "{errs:#?}"
+    );
+}

@@ -267,6 +267,15 @@ pub(super) fn validate(
             );
         }
         check_match(&r.matcher, &child_key(&base, "match"), &mut err);
+        for (j, l) in r.matcher.listeners.iter().enumerate() {
+            let known = spec.listeners.iter().any(|x| &x.name == l) || failed("listeners");
+            if !known {
+                err(
+                    child_index(&child_key(&child_key(&base, "match"), "listeners"), j),
+                    format!("unknown listener {l:?}"),
+                );
+            }
+        }
         check_rewrite(r, &base, &mut err);
         check_target(spec, partial, r, &base, &mut err);
         for (j, f) in r.filters.iter().enumerate() {

@@ -250,7 +250,8 @@ fn compile_route(
         m.path_prefix.as_deref(),
         methods,
         headers,
-    );
+    )
+    .on_listeners(m.listeners.clone());
     let rewrite = r.rewrite.as_ref().and_then(|rw| {
         if let Some(p) = &rw.strip_prefix {
             Some(Rewrite::StripPrefix(p.trim_end_matches('/').to_string()))

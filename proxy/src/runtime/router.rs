@@ -25,6 +25,9 @@ pub struct RouteInput<'a> {
     pub path: &'a str,
     /// Request headers.
     pub headers: &'a http::HeaderMap,
+    /// Name of the listener the request arrived on (`None`: any, e.g. for `explain`
+    /// without `--listener`).
+    pub listener: Option<&'a str>,
 }
 
 /// Why a route did not match (shown by `meshgate explain`).
@@ -40,6 +43,8 @@ pub enum Mismatch {
     Method,
     /// A header in `match.headers` is missing or different.
     Header(HeaderName),
+    /// The request arrived on a listener not in `match.listeners`.
+    Listener,
 }
 
 impl fmt::Display for Mismatch {
@@ -50,6 +55,7 @@ impl fmt::Display for Mismatch {
             Mismatch::PathPrefix(p) => write!(f, "path is not under {p}"),
             Mismatch::Method => f.write_str("method not allowed by the route"),
             Mismatch::Header(h) => write!(f, "header {h} missing or different"),
+            Mismatch::Listener => f.write_str("arrived on a listener the route does not serve"),
         }
     }
 }
@@ -69,9 +75,16 @@ pub struct Matcher {
     path_prefix: Option<String>,
     methods: Vec<Method>,
     headers: Vec<(HeaderName, HeaderValue)>,
+    listeners: Vec<String>,
 }
 
 impl Matcher {
+    /// Restricts the route to requests arriving on these listeners (empty: all).
+    pub fn on_listeners(mut self, listeners: Vec<String>) -> Self {
+        self.listeners = listeners;
+        self
+    }
+
     /// Builds a matcher from already validated parts.
     pub fn new(
         host: Option<&str>,
@@ -95,11 +108,17 @@ impl Matcher {
             path_prefix: path_prefix.map(|p| p.trim_end_matches('/').to_string()),
             methods,
             headers,
+            listeners: Vec::new(),
         }
     }
 
     /// Checks every condition, cheapest first.
     pub fn check(&self, req: &RouteInput<'_>) -> Result<(), Mismatch> {
+        if let (false, Some(l)) = (self.listeners.is_empty(), req.listener) {
+            if !self.listeners.iter().any(|x| x == l) {
+                return Err(Mismatch::Listener);
+            }
+        }
         if let Some(p) = &self.path {
             if req.path != p {
                 return Err(Mismatch::Path(p.clone()));
@@ -310,6 +329,7 @@ mod tests {
             host,
             path,
             headers,
+            listener: None,
         }
     }
 
@@ -359,6 +379,25 @@ mod tests {
             m.check(&input(&get, "eu.shop.local", "/api", &empty)),
             Err(Mismatch::Header(_))
         ));
+    }
+
+    #[test]
+    fn listener_restriction_keeps_inbound_and_outbound_apart() {
+        let m =
+            Matcher::new(None, None, None, vec![], vec![]).on_listeners(vec!["outbound".into()]);
+        let h = http::HeaderMap::new();
+        let get = Method::GET;
+        let mut req = input(&get, "inventory", "/x", &h);
+        req.listener = Some("outbound");
+        assert_eq!(m.check(&req), Ok(()));
+        req.listener = Some("inbound");
+        assert_eq!(m.check(&req), Err(Mismatch::Listener));
+        req.listener = None;
+        assert_eq!(
+            m.check(&req),
+            Ok(()),
+            "explain without a listener considers every route"
+        );
     }
 
     #[test]
