@@ -1,0 +1,3 @@
+//! Shared harness of the integration tests in `filters/tests/`.
+
+pub mod redis;
