@@ -224,9 +224,12 @@ impl MeshProxy {
     }
 
     /// Routes and runs request filters. `Err(answer)` means answer locally.
-    async fn admit(&self, session: &mut Session, ctx: &mut Ctx) -> Result<(), LocalResponse> {
-        let rt = self.runtime.load_full();
-        ctx.rt = Some(rt.clone());
+    async fn admit(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        rt: Arc<Runtime>,
+    ) -> Result<(), LocalResponse> {
         let req = session.req_header();
 
         // Framing: Pingora drops Content-Length when Transfer-Encoding is present and keeps
@@ -509,7 +512,9 @@ impl ProxyHttp for MeshProxy {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
-        let rt = self.runtime.load();
+        // One config generation for the whole request: loaded once here, kept in the context.
+        let rt = self.runtime.load_full();
+        ctx.rt = Some(rt.clone());
         let xff = session
             .req_header()
             .headers
@@ -517,8 +522,7 @@ impl ProxyHttp for MeshProxy {
             .and_then(|v| v.to_str().ok());
         ctx.req.client_ip = forwarding::client_ip(peer_ip, xff, &rt.trusted);
         session.set_keepalive(Some(rt.limits.idle_timeout.as_secs().max(1)));
-        drop(rt);
-        match self.admit(session, ctx).await {
+        match self.admit(session, ctx, rt).await {
             Ok(()) => Ok(false),
             Err(answer) => {
                 self.respond(session, ctx, answer).await;
