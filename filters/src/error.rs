@@ -26,6 +26,11 @@ pub enum ErrorKind {
     /// A `rate_limit` filter refused the request; sent with `Retry-After` and the
     /// `RateLimit-*` headers.
     RateLimited,
+    /// A `bff` route was called without the CSRF header (`X-CSRF: 1`).
+    CsrfRequired,
+    /// Authentication cannot be decided now: the session store or the identity provider
+    /// is unreachable. Fails closed; never passes the request on anonymously.
+    AuthUnavailable,
     /// The upstream could not be reached or broke the exchange.
     BadGateway,
     /// Every endpoint of the chosen cluster is unhealthy.
@@ -47,6 +52,8 @@ impl ErrorKind {
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::CsrfRequired => StatusCode::UNAUTHORIZED,
+            ErrorKind::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::BadGateway => StatusCode::BAD_GATEWAY,
             ErrorKind::NoHealthyUpstream => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -64,6 +71,8 @@ impl ErrorKind {
             ErrorKind::PayloadTooLarge => "payload_too_large",
             ErrorKind::HeaderTooLarge => "request_header_fields_too_large",
             ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::CsrfRequired => "csrf_required",
+            ErrorKind::AuthUnavailable => "auth_unavailable",
             ErrorKind::BadGateway => "bad_gateway",
             ErrorKind::NoHealthyUpstream => "no_healthy_upstream",
             ErrorKind::GatewayTimeout => "gateway_timeout",

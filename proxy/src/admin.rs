@@ -153,6 +153,7 @@ fn rate_limit_metrics(shared: &SharedState) -> String {
         s.tracked_keys
     );
     jwt_metrics(shared, &mut out);
+    bff_metrics(shared, &mut out);
     let per = shared.rate_limits.limiter_stats();
     if !per.is_empty() {
         let _ = writeln!(
@@ -170,6 +171,90 @@ fn rate_limit_metrics(shared: &SharedState) -> String {
         }
     }
     out
+}
+
+/// BFF counters (logins, callbacks, refreshes, sessions) in the text exposition format.
+fn bff_metrics(shared: &SharedState, out: &mut String) {
+    use std::fmt::Write as _;
+    let s = shared.bff_stats.snapshot(shared.sessions.live_records());
+    let mut family = |name: &str, kind: &str, help: &str, label: &str, samples: &[(&str, u64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (value, n) in samples {
+            if label.is_empty() {
+                let _ = writeln!(out, "{name} {n}");
+            } else {
+                let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {n}");
+            }
+        }
+    };
+    family(
+        "meshgate_bff_logins_total",
+        "counter",
+        "Logins started (redirects to the provider).",
+        "",
+        &[("", s.logins)],
+    );
+    family(
+        "meshgate_bff_callbacks_total",
+        "counter",
+        "Login callbacks by outcome.",
+        "outcome",
+        &s.callbacks,
+    );
+    family(
+        "meshgate_bff_refreshes_total",
+        "counter",
+        "Access-token refresh attempts by outcome (shared: another request's refresh was used).",
+        "outcome",
+        &s.refreshes,
+    );
+    family(
+        "meshgate_bff_sessions_created_total",
+        "counter",
+        "Sessions created by logins.",
+        "",
+        &[("", s.sessions_created)],
+    );
+    family(
+        "meshgate_bff_sessions_ended_total",
+        "counter",
+        "Sessions ended by reason.",
+        "reason",
+        &s.sessions_ended,
+    );
+    family(
+        "meshgate_bff_backchannel_logouts_total",
+        "counter",
+        "Back-channel logout tokens by result.",
+        "result",
+        &[("accepted", s.backchannel.0), ("rejected", s.backchannel.1)],
+    );
+    family(
+        "meshgate_bff_csrf_rejected_total",
+        "counter",
+        "Requests refused for lack of the CSRF header.",
+        "",
+        &[("", s.csrf_rejected)],
+    );
+    family(
+        "meshgate_bff_discovery_fetches_total",
+        "counter",
+        "Discovery document fetches by result.",
+        "result",
+        &[
+            ("ok", s.discovery_fetches.0),
+            ("error", s.discovery_fetches.1),
+        ],
+    );
+    if let Some(active) = s.sessions_active {
+        family(
+            "meshgate_bff_sessions_active",
+            "gauge",
+            "Live sessions in the memory store.",
+            "",
+            &[("", active as u64)],
+        );
+    }
 }
 
 /// Per-provider JWT counters (kept in the filter crate) in the text exposition format.

@@ -16,6 +16,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, TRANSFER_ENCODING};
 use http::{HeaderValue, StatusCode};
+use meshgate_filters::bff::{EndpointRequest, MAX_BACKCHANNEL_BODY};
 use meshgate_filters::{Action, ErrorKind, LocalResponse, RequestCtx, RequestView, Step};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
@@ -186,8 +187,9 @@ impl Ctx {
         true
     }
 
+    /// The matched route's name, or the BFF endpoint's (`bff:login`, …), or "".
     fn route_name(&self) -> &str {
-        self.route.as_deref().map_or("", |r| &r.name)
+        &self.req.route
     }
 
     fn cluster_name(&self) -> &str {
@@ -262,6 +264,24 @@ impl MeshProxy {
         }
         ctx.host = request_host(req);
         let path = ctx.normalized.as_deref().unwrap_or(raw_path);
+        // The BFF endpoints are answered by the engine, before and instead of routing.
+        if let Some((bff, endpoint)) = rt
+            .bff
+            .as_ref()
+            .and_then(|b| b.endpoint(path).map(|e| (b.clone(), e)))
+        {
+            ctx.req.route = endpoint.name().into();
+            let body = if endpoint.reads_body() {
+                read_small_body(session, MAX_BACKCHANNEL_BODY).await?
+            } else {
+                Vec::new()
+            };
+            let req = EndpointRequest {
+                header: session.req_header(),
+                body: &body,
+            };
+            return Err(bff.handle(endpoint, req, &mut ctx.req).await);
+        }
         let input = RouteInput {
             method: &req.method,
             host: &ctx.host,
@@ -379,6 +399,24 @@ impl MeshProxy {
             let _ = session.write_response_body(Some(body), true).await;
         }
         status
+    }
+}
+
+/// Reads a whole request body of at most `limit` bytes (413 beyond it, 400 when the
+/// client breaks off).
+async fn read_small_body(session: &mut Session, limit: usize) -> Result<Vec<u8>, LocalResponse> {
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > limit {
+                    return Err(LocalResponse::error(ErrorKind::PayloadTooLarge));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(_) => return Err(LocalResponse::error(ErrorKind::BadRequest)),
+        }
     }
 }
 

@@ -24,10 +24,12 @@
 //! deadline (see [`wait::until`]).
 
 pub mod backend;
+pub mod browser;
 pub mod certs;
 pub mod client;
 pub mod config;
 pub mod diag;
+pub mod identity;
 pub mod ports;
 pub mod proc;
 pub mod redis;

@@ -68,6 +68,11 @@ pub fn record_key(key: &str) -> String {
     format!("mg:s:{{{key}}}")
 }
 
+/// The Redis key of the index set `index` (sessions of one provider session).
+pub fn index_key(index: &str) -> String {
+    format!("mg:sx:{{{index}}}")
+}
+
 /// The Redis key of the refresh lock of session `key` (same hash slot as the record).
 pub fn lock_key(key: &str) -> String {
     format!("mg:s:{{{key}}}:lock")
@@ -205,46 +210,6 @@ impl RedisSessionStore {
         self.shared.connected.load(Ordering::Relaxed)
     }
 
-    /// Renews the refresh lock of `key` for `ttl` while a refresh runs; false when this
-    /// instance does not hold it (never took it, released it, or lost it to expiry).
-    pub async fn extend_lock(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
-        let token = {
-            let held = self.shared.held();
-            match held.get(key) {
-                Some((token, _)) => token.clone(),
-                None => return Ok(false),
-            }
-        };
-        let lock = lock_key(key);
-        let ms = ttl_ms(ttl);
-        let mut evalsha = redis::cmd("EVALSHA");
-        evalsha
-            .arg(&self.shared.extend_sha)
-            .arg(1)
-            .arg(&lock)
-            .arg(&token)
-            .arg(ms);
-        let mut eval = redis::cmd("EVAL");
-        eval.arg(EXTEND_SCRIPT)
-            .arg(1)
-            .arg(&lock)
-            .arg(&token)
-            .arg(ms);
-        let (reply, _) = self.exec(&evalsha, Some(&eval)).await?;
-        let extended = matches!(reply, Value::Int(1));
-        let mut held = self.shared.held();
-        if extended {
-            if let Some(entry) = held.get_mut(key) {
-                if entry.0 == token {
-                    entry.1 = Instant::now() + ttl;
-                }
-            }
-        } else if held.get(key).is_some_and(|(t, _)| *t == token) {
-            held.remove(key);
-        }
-        Ok(extended)
-    }
-
     async fn exec(&self, cmd: &Cmd, eval: Option<&Cmd>) -> Result<(Value, bool), StoreError> {
         self.shared
             .exec(cmd, eval, Instant::now() + self.timeout)
@@ -359,6 +324,81 @@ impl SessionStore for RedisSessionStore {
             Value::Int(_) => Ok(()),
             _ => Err(unexpected()),
         }
+    }
+    async fn extend_lock(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let token = {
+            let held = self.shared.held();
+            match held.get(key) {
+                Some((token, _)) => token.clone(),
+                None => return Ok(false),
+            }
+        };
+        let lock = lock_key(key);
+        let ms = ttl_ms(ttl);
+        let mut evalsha = redis::cmd("EVALSHA");
+        evalsha
+            .arg(&self.shared.extend_sha)
+            .arg(1)
+            .arg(&lock)
+            .arg(&token)
+            .arg(ms);
+        let mut eval = redis::cmd("EVAL");
+        eval.arg(EXTEND_SCRIPT)
+            .arg(1)
+            .arg(&lock)
+            .arg(&token)
+            .arg(ms);
+        let (reply, _) = self.exec(&evalsha, Some(&eval)).await?;
+        let extended = matches!(reply, Value::Int(1));
+        let mut held = self.shared.held();
+        if extended {
+            if let Some(entry) = held.get_mut(key) {
+                if entry.0 == token {
+                    entry.1 = Instant::now() + ttl;
+                }
+            }
+        } else if held.get(key).is_some_and(|(t, _)| *t == token) {
+            held.remove(key);
+        }
+        Ok(extended)
+    }
+
+    async fn index_add(&self, index: &str, member: &str, ttl: Duration) -> Result<(), StoreError> {
+        let key = index_key(index);
+        let mut sadd = redis::cmd("SADD");
+        sadd.arg(&key).arg(member);
+        if !matches!(self.exec(&sadd, None).await?.0, Value::Int(_)) {
+            return Err(unexpected());
+        }
+        // Only ever lengthened: the set lives as long as its longest-lived session.
+        let mut expire = redis::cmd("PEXPIRE");
+        expire.arg(&key).arg(ttl_ms(ttl)).arg("GT");
+        let mut set_first = redis::cmd("PEXPIRE");
+        set_first.arg(&key).arg(ttl_ms(ttl)).arg("NX");
+        self.exec(&set_first, None).await?;
+        self.exec(&expire, None).await?;
+        Ok(())
+    }
+
+    async fn index_take(&self, index: &str) -> Result<Vec<String>, StoreError> {
+        let key = index_key(index);
+        let mut members = redis::cmd("SMEMBERS");
+        members.arg(&key);
+        let reply = self.exec(&members, None).await?.0;
+        let mut del = redis::cmd("DEL");
+        del.arg(&key);
+        self.exec(&del, None).await?;
+        let items = match reply {
+            Value::Array(items) | Value::Set(items) => items,
+            _ => return Err(unexpected()),
+        };
+        Ok(items
+            .into_iter()
+            .filter_map(|v| match v {
+                Value::BulkString(b) => String::from_utf8(b).ok(),
+                _ => None,
+            })
+            .collect())
     }
 }
 

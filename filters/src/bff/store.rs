@@ -2,8 +2,9 @@
 //!
 //! Records are opaque bytes (already sealed by [`super::crypto`]); stores only keep them
 //! with a time to live and provide a short lock so that exactly one request refreshes a
-//! session's tokens at a time. The in-memory store serves one replica; a Redis store
-//! (shared by replicas, lock with `SET NX PX`) follows with the BFF.
+//! session's tokens at a time, plus small sets that index sessions by provider session id
+//! (for back-channel logout). The in-memory store serves one replica; the Redis store
+//! ([`super::redis_store`]) is shared by replicas.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -29,6 +30,18 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
     async fn try_lock(&self, key: &str, ttl: Duration) -> Result<bool, StoreError>;
     /// Releases the refresh lock of `key`.
     async fn unlock(&self, key: &str) -> Result<(), StoreError>;
+    /// Renews the refresh lock of `key` for `ttl` while a refresh runs; false when this
+    /// instance no longer holds it.
+    async fn extend_lock(&self, key: &str, ttl: Duration) -> Result<bool, StoreError>;
+    /// Adds `member` to the set `index` (kept for at least `ttl`): how back-channel logout
+    /// finds the sessions of a provider session id.
+    async fn index_add(&self, index: &str, member: &str, ttl: Duration) -> Result<(), StoreError>;
+    /// Removes the set `index` and returns its members.
+    async fn index_take(&self, index: &str) -> Result<Vec<String>, StoreError>;
+    /// Number of live sessions, when the store can tell cheaply (the memory store can).
+    fn live_records(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// In-process store with a size cap: when full, expired records are purged first, then
@@ -43,7 +56,12 @@ pub struct MemoryStore {
 struct Inner {
     records: HashMap<String, (Vec<u8>, Instant)>,
     locks: HashMap<String, Instant>,
+    indexes: HashMap<String, (Vec<String>, Instant)>,
 }
+
+/// Most members one index set keeps (a user logging in over and over in one provider
+/// session must not grow it without bound).
+const MAX_INDEX_MEMBERS: usize = 64;
 
 impl MemoryStore {
     /// A store holding at most `cap` sessions.
@@ -135,6 +153,61 @@ impl SessionStore for MemoryStore {
         self.lock().locks.remove(key);
         Ok(())
     }
+
+    async fn extend_lock(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let now = Instant::now();
+        let mut g = self.lock();
+        match g.locks.get_mut(key) {
+            Some(until) if *until > now => {
+                *until = now + ttl;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn index_add(&self, index: &str, member: &str, ttl: Duration) -> Result<(), StoreError> {
+        let now = Instant::now();
+        let mut g = self.lock();
+        if !g.indexes.contains_key(index) && g.indexes.len() >= self.cap {
+            g.indexes.retain(|_, (_, exp)| *exp > now);
+            if g.indexes.len() >= self.cap {
+                // Full of live indexes: forget the one closest to expiry.
+                if let Some(k) = g
+                    .indexes
+                    .iter()
+                    .min_by_key(|(_, (_, exp))| *exp)
+                    .map(|(k, _)| k.clone())
+                {
+                    g.indexes.remove(&k);
+                }
+            }
+        }
+        let entry = g
+            .indexes
+            .entry(index.to_string())
+            .or_insert_with(|| (Vec::new(), now));
+        if !entry.0.iter().any(|m| m == member) {
+            if entry.0.len() >= MAX_INDEX_MEMBERS {
+                entry.0.remove(0);
+            }
+            entry.0.push(member.to_string());
+        }
+        entry.1 = entry.1.max(now + ttl);
+        Ok(())
+    }
+
+    async fn index_take(&self, index: &str) -> Result<Vec<String>, StoreError> {
+        let now = Instant::now();
+        Ok(match self.lock().indexes.remove(index) {
+            Some((members, exp)) if exp > now => members,
+            _ => Vec::new(),
+        })
+    }
+
+    fn live_records(&self) -> Option<usize> {
+        Some(self.len())
+    }
 }
 
 #[cfg(test)]
@@ -172,6 +245,18 @@ mod tests {
         for k in ["b", "c", "d"] {
             assert!(s.load(k).await.expect("load").is_some(), "{k}");
         }
+    }
+
+    #[tokio::test]
+    async fn indexes_collect_members_once_and_are_taken_whole() {
+        let s = MemoryStore::new(10);
+        for m in ["a", "b", "a"] {
+            s.index_add("sid:1", m, Duration::from_secs(5))
+                .await
+                .expect("add");
+        }
+        assert_eq!(s.index_take("sid:1").await.expect("take"), ["a", "b"]);
+        assert!(s.index_take("sid:1").await.expect("take").is_empty());
     }
 
     #[tokio::test]

@@ -47,7 +47,10 @@ pub use spec::{
 pub use stats::{FailureReason, FetchOutcome, JwtStats};
 pub use token::{Identity, MAX_AUTHORIZATION_BYTES};
 
-use provider::{unix_now, Verdict};
+pub(crate) use fetch::get_document as fetch_document;
+
+pub(crate) use provider::unix_now;
+use provider::Verdict;
 use token::{bearer_token, parse_header, token_digest};
 
 use crate::{Action, ErrorKind, Filter, LocalResponse, RequestCtx, RequestView, SpecError, Step};
@@ -179,33 +182,39 @@ impl Filter for JwtFilter {
     }
 
     fn request_filter<'a>(&'a self, req: RequestView<'a>, ctx: &'a mut RequestCtx) -> Step<'a> {
-        let token = match bearer_token(&req.header.headers) {
-            Ok(token) => token,
-            Err(reason) => return Step::Done(self.reject(reason, ctx)),
-        };
-        let digest = token_digest(token);
+        // After a `bff` filter, the session's access token is the credential; the
+        // client's own `Authorization` header is not trusted on such routes.
+        let token: std::borrow::Cow<'a, str> =
+            match ctx.extensions.get::<crate::bff::SessionBearer>() {
+                Some(session) => std::borrow::Cow::Owned(session.token().to_string()),
+                None => match bearer_token(&req.header.headers) {
+                    Ok(token) => std::borrow::Cow::Borrowed(token),
+                    Err(reason) => return Step::Done(self.reject(reason, ctx)),
+                },
+            };
+        let digest = token_digest(&token);
         if let Some(identity) = self.provider.cached(&digest, unix_now()) {
             return Step::Done(self.admit(identity, ctx));
         }
-        let header = match parse_header(token, self.provider.algorithms()) {
+        let header = match parse_header(&token, self.provider.algorithms()) {
             Ok(header) => header,
             Err(reason) => return Step::Done(self.reject(reason, ctx)),
         };
         let generation = self.provider.generation();
-        match self.provider.verify(token, &header, digest, unix_now()) {
+        match self.provider.verify(&token, &header, digest, unix_now()) {
             Verdict::NeedKeys(_) if self.provider.may_refresh() => {
                 Step::Wait(Box::pin(async move {
                     // The refresh's own outcome does not matter here: whatever keys are present
                     // afterwards (new ones, or the last good ones) decide, and still no key is
                     // a refusal.
                     let _ = self.provider.refresh().await;
-                    let verdict = self.provider.verify(token, &header, digest, unix_now());
+                    let verdict = self.provider.verify(&token, &header, digest, unix_now());
                     self.conclude(verdict, ctx)
                 }))
             }
             // A refresh finished between the lookup and the cooldown check: look again.
             Verdict::NeedKeys(_) if self.provider.generation() != generation => {
-                let verdict = self.provider.verify(token, &header, digest, unix_now());
+                let verdict = self.provider.verify(&token, &header, digest, unix_now());
                 Step::Done(self.conclude(verdict, ctx))
             }
             verdict => Step::Done(self.conclude(verdict, ctx)),

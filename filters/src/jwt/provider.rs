@@ -264,6 +264,58 @@ impl Provider {
         Verdict::Valid(identity)
     }
 
+    /// Verifies the signature of a compact JWS from this provider and returns its payload,
+    /// for tokens other than access tokens (ID tokens, logout tokens). Keys are loaded or
+    /// refreshed as for the `jwt` filter (an unknown `kid` refreshes at most once per
+    /// cooldown), the header's `alg` must be allowed and fit the key, and `crit` is refused.
+    /// No claim is checked here: the caller checks the ones its token type requires, and
+    /// nothing is cached.
+    pub async fn verify_jws(
+        self: &Arc<Self>,
+        token: &str,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, FailureReason> {
+        // ID tokens may carry more claims than access tokens; 64 KiB still bounds the work.
+        if token.len() > 64 * 1024 {
+            return Err(FailureReason::Malformed);
+        }
+        let header = super::token::parse_header(token, &self.settings.algorithms)?;
+        match self.verify_signature(token, &header) {
+            Err(FailureReason::NoKeys | FailureReason::UnknownKey) if self.may_refresh() => {
+                let _ = self.refresh().await;
+                self.verify_signature(token, &header)
+            }
+            result => result,
+        }
+    }
+
+    fn verify_signature(
+        &self,
+        token: &str,
+        header: &TokenHeader,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, FailureReason> {
+        let Some(keys) = self.keys.load_full() else {
+            return Err(FailureReason::NoKeys);
+        };
+        let key = match keys.choose(header.kid.as_deref(), header.alg) {
+            KeyChoice::Found(key) => key,
+            KeyChoice::Mismatch => return Err(FailureReason::KeyMismatch),
+            KeyChoice::UnknownKid | KeyChoice::NoUniqueKey => {
+                return Err(FailureReason::UnknownKey)
+            }
+        };
+        let mut v = Validation::new(header.alg);
+        v.validate_exp = false;
+        v.validate_nbf = false;
+        v.validate_aud = false;
+        v.required_spec_claims.clear();
+        self.counters
+            .signature_checks
+            .fetch_add(1, Ordering::Relaxed);
+        jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, &key.decoding, &v)
+            .map(|data| data.claims)
+            .map_err(|e| failure_reason(e.kind()))
+    }
+
     /// Refreshes finished so far. A caller that read it before [`verify`](Self::verify)
     /// and sees it changed knows new keys may have landed in between.
     pub(crate) fn generation(&self) -> u64 {

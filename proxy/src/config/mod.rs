@@ -202,6 +202,7 @@ fn deserialize_sections(root: &Value, errors: &mut Vec<ConfigError>) -> (ConfigS
     let runtime = take("runtime", false, errors).map(|v| section(v, "runtime", errors));
     let stores = take("stores", false, errors).map(|v| section(v, "stores", errors));
     let providers_value = take("providers", false, errors);
+    let bff = take("bff", false, errors).map(|v| section(v, "bff", errors));
     let listeners = take("listeners", true, errors).map(|v| list(v, "listeners", errors));
     let clusters_value = take("clusters", false, errors);
     let routes_value = take("routes", false, errors);
@@ -217,6 +218,7 @@ fn deserialize_sections(root: &Value, errors: &mut Vec<ConfigError>) -> (ConfigS
     failed("admin", !matches!(admin, Some(None)));
     failed("runtime", !matches!(runtime, Some(None)));
     failed("stores", !matches!(stores, Some(None)));
+    failed("bff", !matches!(bff, Some(None)));
     failed("listeners", !matches!(listeners, Some((_, _, true))));
 
     let mut clusters = std::collections::BTreeMap::new();
@@ -304,6 +306,7 @@ fn deserialize_sections(root: &Value, errors: &mut Vec<ConfigError>) -> (ConfigS
         runtime: runtime.flatten().unwrap_or_default(),
         stores: stores.flatten().unwrap_or_default(),
         providers,
+        bff: bff.flatten(),
         clusters,
         routes,
     };

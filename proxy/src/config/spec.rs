@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use meshgate_filters::api_key::ApiKeySpec;
+use meshgate_filters::bff::{BffFilterSpec, BffSpec, SessionStoreSpec};
 use meshgate_filters::cors::CorsSpec;
 use meshgate_filters::fault::FaultSpec;
 use meshgate_filters::headers::HeadersSpec;
@@ -27,6 +28,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "runtime",
     "stores",
     "providers",
+    "bff",
     "clusters",
     "routes",
 ];
@@ -55,6 +57,9 @@ pub struct ConfigSpec {
     /// OpenID Providers, referenced by name from `jwt` filters (and later the BFF).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub providers: BTreeMap<String, ProviderSpec>,
+    /// Browser sessions with OIDC login (edge only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bff: Option<BffSpec>,
     /// Named groups of upstream endpoints.
     #[serde(default)]
     pub clusters: BTreeMap<String, ClusterSpec>,
@@ -70,6 +75,9 @@ pub struct StoresSpec {
     /// Backend of `scope: global` rate limits (memory when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limits: Option<RateLimitStoreSpec>,
+    /// Where BFF sessions live (memory when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions: Option<SessionStoreSpec>,
 }
 
 /// Which role this process plays.
@@ -458,6 +466,8 @@ pub enum FilterSpec {
     Cors(CorsSpec),
     /// Bearer JWT validation against a provider's keys.
     Jwt(JwtSpec),
+    /// Browser session cookie to bearer token (needs the `bff` section).
+    Bff(BffFilterSpec),
 }
 
 impl FilterSpec {
@@ -473,6 +483,7 @@ impl FilterSpec {
             FilterSpec::ApiKey(_) => "api_key",
             FilterSpec::Cors(_) => "cors",
             FilterSpec::Jwt(_) => "jwt",
+            FilterSpec::Bff(_) => "bff",
         }
     }
 }

@@ -160,6 +160,45 @@ pub(super) fn validate(
         }
     }
 
+    if let Some(s) = &spec.stores.sessions {
+        for e in s.check() {
+            err(join_rel("stores.sessions", &e.path), e.message);
+        }
+    }
+
+    // BFF.
+    if let Some(bff) = &spec.bff {
+        for e in bff.check() {
+            err(join_rel("bff", &e.path), e.message);
+        }
+        if spec.mode == super::spec::Mode::Sidecar {
+            err(
+                "bff".into(),
+                "browser sessions belong at the edge (`mode: edge`)".into(),
+            );
+        }
+        match spec.providers.get(&bff.provider) {
+            Some(p) if p.client_id.is_none() => err(
+                "bff.provider".into(),
+                format!(
+                    "provider {:?} needs a `client_id` to log users in",
+                    bff.provider
+                ),
+            ),
+            Some(_) => {}
+            None if partial.failed_providers.contains(&bff.provider)
+                || partial.failed_sections.contains("providers") => {}
+            None => err(
+                "bff.provider".into(),
+                format!(
+                    "unknown provider {:?}{}",
+                    bff.provider,
+                    suggestion(&bff.provider, spec.providers.keys())
+                ),
+            ),
+        }
+    }
+
     // Providers.
     for (name, p) in &spec.providers {
         let base = child_key("providers", name);
@@ -279,6 +318,15 @@ pub(super) fn validate(
         check_rewrite(r, &base, &mut err);
         check_target(spec, partial, r, &base, &mut err);
         for (j, f) in r.filters.iter().enumerate() {
+            if matches!(f, super::spec::FilterSpec::Bff(_))
+                && spec.bff.is_none()
+                && !partial.failed_sections.contains("bff")
+            {
+                err(
+                    child_key(&child_index(&child_key(&base, "filters"), j), "bff"),
+                    "the bff filter needs the top-level `bff` section".into(),
+                );
+            }
             if let super::spec::FilterSpec::Jwt(jwt) = f {
                 let fbase = child_key(&child_index(&child_key(&base, "filters"), j), "jwt");
                 for e in jwt.check() {

@@ -18,6 +18,8 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Method};
 use meshgate_filters::allow_callers::AllowCallersFilter;
 use meshgate_filters::api_key::ApiKeyFilter;
+use meshgate_filters::bff::store::SessionStore;
+use meshgate_filters::bff::{Bff, BffFilter, BffStats};
 use meshgate_filters::body_limit::BodyLimitFilter;
 use meshgate_filters::cors::CorsFilter;
 use meshgate_filters::fault::FaultFilter;
@@ -50,6 +52,10 @@ pub struct SharedState {
     pub stores_fingerprint: String,
     /// OpenID Providers by name: their key caches survive reloads that keep them compatible.
     providers: std::sync::Mutex<std::collections::HashMap<String, Arc<Provider>>>,
+    /// BFF sessions (memory or Redis, from `stores.sessions`).
+    pub sessions: Arc<dyn SessionStore>,
+    /// BFF counters.
+    pub bff_stats: Arc<BffStats>,
 }
 
 impl SharedState {
@@ -59,6 +65,9 @@ impl SharedState {
             endpoints: EndpointRegistry::default(),
             budgets: BudgetRegistry::default(),
             rate_limits: RateLimitStores::new(stores.rate_limits.as_ref())?,
+            sessions: meshgate_filters::bff::build_store(stores.sessions.as_ref())
+                .map_err(|e| format!("stores.sessions: {e}"))?,
+            bff_stats: Arc::default(),
             stores_fingerprint: serde_json::to_string(stores).unwrap_or_default(),
             providers: std::sync::Mutex::default(),
         })
@@ -120,6 +129,8 @@ pub struct Runtime {
     pub trusted: TrustedProxies,
     /// Request-path limits.
     pub limits: Limits,
+    /// Browser sessions and the `/auth/*` endpoints, when configured.
+    pub bff: Option<Arc<Bff>>,
 }
 
 impl Runtime {
@@ -159,13 +170,42 @@ impl Runtime {
             }
         }
 
+        let mut bff = None;
+        if let Some(b) = &spec.bff {
+            let made = match spec.providers.get(&b.provider) {
+                Some(pspec) => shared.provider(&b.provider, pspec).and_then(|p| {
+                    Bff::new(
+                        b,
+                        pspec,
+                        p,
+                        shared.sessions.clone(),
+                        shared.bff_stats.clone(),
+                    )
+                }),
+                None => Err(vec![meshgate_filters::SpecError::new(
+                    "provider",
+                    format!("unknown provider {:?}", b.provider),
+                )]),
+            };
+            match made {
+                Ok(made) => bff = Some(made),
+                Err(errs) => errors.extend(
+                    errs.into_iter()
+                        .map(|e| ConfigError::new(child_key_path("bff", &e.path), e.message)),
+                ),
+            }
+        }
+
         let mut routes = Vec::with_capacity(spec.routes.len());
         for (i, r) in spec.routes.iter().enumerate() {
             if let Some(route) = compile_route(
                 r,
                 &child_index("routes", i),
                 &clusters,
-                &spec.providers,
+                Auth {
+                    providers: &spec.providers,
+                    bff: bff.as_ref(),
+                },
                 shared,
                 base_dir,
                 &mut errors,
@@ -203,6 +243,7 @@ impl Runtime {
             limits,
             spec,
             templates: Vec::new(),
+            bff,
         })
     }
 
@@ -216,11 +257,12 @@ fn compile_route(
     r: &RouteSpec,
     base: &str,
     clusters: &BTreeMap<String, Arc<Cluster>>,
-    providers: &BTreeMap<String, meshgate_filters::jwt::ProviderSpec>,
+    auth: Auth<'_>,
     shared: &SharedState,
     base_dir: &Path,
     errors: &mut Vec<ConfigError>,
 ) -> Option<Route> {
+    let Auth { providers, bff } = auth;
     let m = &r.matcher;
     // Names and values were validated; parse failures here would be bugs, reported not panicked.
     let mut methods: Vec<Method> = m
@@ -319,6 +361,16 @@ fn compile_route(
             filters.push(Arc::new(RetryMarker));
             continue;
         }
+        if let FilterSpec::Bff(b) = f {
+            match bff {
+                Some(bff) => filters.push(Arc::new(BffFilter::new(b, bff.clone()))),
+                None => errors.push(ConfigError::new(
+                    fbase,
+                    "the bff filter needs the top-level `bff` section",
+                )),
+            }
+            continue;
+        }
         if let FilterSpec::Jwt(jwt) = f {
             let Some(pspec) = providers.get(&jwt.provider) else {
                 errors.push(ConfigError::new(
@@ -357,6 +409,13 @@ fn compile_route(
         retry,
         filters: FilterChain::new(filters),
     })
+}
+
+/// What authentication filters compile against: the providers and the generation's BFF.
+#[derive(Clone, Copy)]
+struct Auth<'a> {
+    providers: &'a BTreeMap<String, meshgate_filters::jwt::ProviderSpec>,
+    bff: Option<&'a Arc<Bff>>,
 }
 
 /// Joins a filter-relative path (`request.set.x`) under the filter's own path.
@@ -400,11 +459,11 @@ fn compile_filter(
         FilterSpec::Fault(f) => Arc::new(FaultFilter::new(f)?),
         // Compiled into the route's retry policy by `compile_route`.
         FilterSpec::Retry(_) => Arc::new(RetryMarker),
-        // Compiled by `compile_route`, which has the providers.
-        FilterSpec::Jwt(_) => {
+        // Compiled by `compile_route`, which has the providers and the BFF.
+        FilterSpec::Jwt(_) | FilterSpec::Bff(_) => {
             return Err(vec![meshgate_filters::SpecError::new(
                 "",
-                "internal: jwt compiled elsewhere",
+                "internal: compiled by compile_route",
             )])
         }
     })
