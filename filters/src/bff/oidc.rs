@@ -481,9 +481,11 @@ fn tokens<E: std::error::Error + 'static>(
         Err(RequestTokenError::Request(_)) => {
             Err(OidcError::Unavailable("token endpoint unreachable"))
         }
-        Err(RequestTokenError::Parse(_, _)) => {
-            Err(OidcError::Unavailable("token response is not valid"))
-        }
+        // A malformed answer (e.g. an ID token without `exp`) will not get better by
+        // retrying: a refusal, not an outage.
+        Err(RequestTokenError::Parse(_, _)) => Err(OidcError::Refused(
+            "token response is not valid".to_string(),
+        )),
         Err(RequestTokenError::Other(_)) => Err(OidcError::Unavailable(
             "token endpoint answered unexpectedly",
         )),
