@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/deps.sh
+# Node and the third-party OpenID Provider (npm `oidc-provider`) for the BFF interop test.
+tests/oidc-provider/setup.sh
 
 # End-to-end tests start the real binary, so build it first.
 cargo build -p meshgate -p identity

@@ -30,6 +30,7 @@ pub mod client;
 pub mod config;
 pub mod diag;
 pub mod identity;
+pub mod oidc_provider;
 pub mod ports;
 pub mod proc;
 pub mod redis;

@@ -21,6 +21,9 @@ use meshgate_tests::proc::Meshgate;
 use reqwest::Method;
 use serde_json::{json, Value};
 
+/// A named edit of a token's claims.
+type Edit = Box<dyn Fn(&mut Value)>;
+
 const KEY: &str = "q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq80=";
 const COOKIE: &str = "__Host-meshgate";
 
@@ -204,7 +207,7 @@ async fn id_tokens_that_fail_any_check_create_no_session() {
     let ok = login_with(&s, |_| {}, None).await;
     assert_eq!(ok.status, 303, "control: a good token logs in: {}", ok.body);
 
-    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>, Option<&str>)> = vec![
+    let cases: Vec<(&str, Edit, Option<&str>)> = vec![
         (
             "wrong nonce",
             Box::new(|c| c["nonce"] = json!("other")),
@@ -504,7 +507,7 @@ async fn backchannel_logout_ends_the_named_session_and_refuses_bad_tokens() {
                 .as_u16()
         }
     };
-    let edits: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+    let edits: Vec<(&str, Edit)> = vec![
         ("nonce", Box::new(|c| c["nonce"] = json!("n"))),
         ("wrong aud", Box::new(|c| c["aud"] = json!("other"))),
         ("wrong iss", Box::new(|c| c["iss"] = json!("http://evil"))),
