@@ -33,6 +33,26 @@ struct FakeOp {
     key: EncodingKey,
     public_raw: Vec<u8>,
     id_token: Arc<Mutex<String>>,
+    token: Arc<Mutex<TokenAnswer>>,
+}
+
+/// How the fake provider's token endpoint answers.
+#[derive(Clone)]
+struct TokenAnswer {
+    expires_in: u64,
+    refresh_token: Option<&'static str>,
+    /// Status of answers to `grant_type=refresh_token` (200, or 400 = invalid_grant, 503).
+    refresh_status: u16,
+}
+
+impl Default for TokenAnswer {
+    fn default() -> Self {
+        Self {
+            expires_in: 300,
+            refresh_token: Some("opaque-refresh-token"),
+            refresh_status: 200,
+        }
+    }
 }
 
 impl FakeOp {
@@ -57,31 +77,62 @@ impl FakeOp {
             "jwks_uri": format!("{issuer}/jwks"),
             "end_session_endpoint": format!("{issuer}/logout"),
         });
-        let (tokens, jwks, discovery) = (id_token.clone(), jwks.to_string(), discovery.to_string());
+        let token = Arc::new(Mutex::new(TokenAnswer::default()));
+        let (tokens, answer) = (id_token.clone(), token.clone());
+        let (jwks, discovery) = (jwks.to_string(), discovery.to_string());
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let (tokens, jwks, discovery) = (tokens.clone(), jwks.clone(), discovery.clone());
+                let (tokens, answer) = (tokens.clone(), answer.clone());
+                let (jwks, discovery) = (jwks.clone(), discovery.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                        let body = match req.uri().path() {
-                            "/.well-known/openid-configuration" => discovery.clone(),
-                            "/jwks" => jwks.clone(),
-                            "/token" => json!({
-                                "access_token": "opaque-access-token",
-                                "token_type": "Bearer",
-                                "expires_in": 300,
-                                "refresh_token": "opaque-refresh-token",
-                                "id_token": tokens.lock().expect("lock").clone(),
-                            })
-                            .to_string(),
-                            _ => "{}".to_string(),
-                        };
+                        let (tokens, answer) = (tokens.clone(), answer.clone());
+                        let (jwks, discovery) = (jwks.clone(), discovery.clone());
                         async move {
+                            use http_body_util::BodyExt as _;
+                            let path = req.uri().path().to_string();
+                            let form = req.into_body().collect().await.map(|b| b.to_bytes());
+                            let refresh = form.is_ok_and(|b| {
+                                String::from_utf8_lossy(&b).contains("grant_type=refresh_token")
+                            });
+                            let a = answer.lock().expect("lock").clone();
+                            let (status, body) = match path.as_str() {
+                                "/.well-known/openid-configuration" => (200, discovery),
+                                "/jwks" => (200, jwks),
+                                "/token" if refresh && a.refresh_status == 400 => {
+                                    (400, json!({ "error": "invalid_grant" }).to_string())
+                                }
+                                "/token" if refresh && a.refresh_status != 200 => {
+                                    (a.refresh_status, "{}".to_string())
+                                }
+                                "/token" => {
+                                    let at = if refresh {
+                                        "refreshed-access-token"
+                                    } else {
+                                        "opaque-access-token"
+                                    };
+                                    let mut t = json!({
+                                        "access_token": at,
+                                        "token_type": "Bearer",
+                                        "expires_in": a.expires_in,
+                                        "refresh_token": a.refresh_token,
+                                    });
+                                    if !refresh {
+                                        t["id_token"] = json!(tokens.lock().expect("lock").clone());
+                                    }
+                                    if a.refresh_token.is_none() {
+                                        t.as_object_mut().expect("obj").remove("refresh_token");
+                                    }
+                                    (200, t.to_string())
+                                }
+                                _ => (404, "{}".to_string()),
+                            };
                             Ok::<_, Infallible>(
                                 hyper::Response::builder()
+                                    .status(status)
                                     .header("content-type", "application/json")
                                     .body(Full::new(Bytes::from(body)))
                                     .expect("response"),
@@ -99,6 +150,7 @@ impl FakeOp {
             key,
             public_raw,
             id_token,
+            token,
         }
     }
 
@@ -546,5 +598,67 @@ async fn backchannel_logout_ends_the_named_session_and_refuses_bad_tokens() {
         )
         .await,
         Some(1.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_refused_ends_the_session_and_a_dead_provider_fails_closed() {
+    let s = setup().await;
+    // Tokens are due for refresh at once (3 s < refresh_before 60 s) and expire in 3 s.
+    let set = |f: &dyn Fn(&mut TokenAnswer)| f(&mut s.op.token.lock().expect("lock"));
+    set(&|a| a.expires_in = 3);
+
+    // invalid_grant: the session ends, 401, the cookie is cleared.
+    set(&|a| a.refresh_status = 400);
+    let mut browser = logged_in(&s).await;
+    let r = browser.api(Method::GET, &s.p.url("/api/x")).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(browser.cookie(COOKIE).is_none(), "cookie cleared");
+    assert_eq!(
+        s.gw.metric(
+            "meshgate_bff_refreshes_total",
+            &[("outcome", "invalid_grant")]
+        )
+        .await,
+        Some(1.0)
+    );
+
+    // Provider down: the current token is used while valid, then 503 (never anonymous).
+    set(&|a| a.refresh_status = 503);
+    let mut browser = logged_in(&s).await;
+    let r = browser.api(Method::GET, &s.p.url("/api/x")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+    s.api.clear_requests();
+    let r = browser.api(Method::GET, &s.p.url("/api/x")).await;
+    assert_eq!(
+        (r.status, r.json()["error"].clone()),
+        (503, json!("auth_unavailable"))
+    );
+    assert_eq!(s.api.request_count(), 0);
+    // The provider is back: the same session refreshes and goes on.
+    set(&|a| a.refresh_status = 200);
+    let r = browser.api(Method::GET, &s.p.url("/api/x")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        s.api
+            .last_request()
+            .expect("request")
+            .header("authorization")
+            .as_deref(),
+        Some("Bearer refreshed-access-token")
+    );
+
+    // No refresh token: the session lasts as long as its access token.
+    set(&|a| a.refresh_token = None);
+    let mut browser = logged_in(&s).await;
+    assert_eq!(
+        browser.api(Method::GET, &s.p.url("/api/x")).await.status,
+        200
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+    assert_eq!(
+        browser.api(Method::GET, &s.p.url("/api/x")).await.status,
+        401
     );
 }

@@ -320,7 +320,12 @@ impl Bff {
         }
         let Some(refresh_token) = record.refresh_token.clone() else {
             // Nothing to refresh with: the session lasts as long as its access token.
-            return Err(Refused::Unavailable(Some(Box::new(record))));
+            if record.access_expires_at > crate::jwt::unix_now() {
+                return Ok(record);
+            }
+            let _ = self.store.remove(key).await;
+            self.stats.ended(stats::EndReason::Expired);
+            return Err(Refused::Ended);
         };
         let md = match self.oidc.metadata().await {
             Ok(md) => md,
