@@ -19,6 +19,7 @@ mod filter;
 pub mod headers;
 pub mod jwt;
 pub mod rate_limit;
+mod redis_conn;
 pub mod units;
 
 pub use ctx::RequestCtx;

@@ -8,29 +8,23 @@
 //! compare-and-delete (compare-and-expire) script on its token: a holder that was too slow
 //! and lost the lock to expiry cannot delete the lock another replica took since.
 //!
-//! Connection handling follows the rate limiter's (`rate_limit::redis`): no I/O in the
-//! constructor; one multiplexed connection (standalone) or a cluster connection, made on
-//! first use; every operation bounded by a deadline (default [`DEFAULT_TIMEOUT`]) and
-//! answered with a [`StoreError`] rather than waiting; a broken connection is replaced in
-//! the background with capped exponential backoff, and while Redis is known to be down
-//! operations fail at once instead of each waiting for the deadline.
+//! The connection is the shared [`RedisConn`](crate::redis_conn::RedisConn): no I/O in
+//! the constructor, every operation bounded by a deadline (default [`DEFAULT_TIMEOUT`]) and
+//! answered with a [`StoreError`] rather than waiting, reconnection in the background, and
+//! immediate failure while Redis is known to be down.
 //!
 //! Values are never logged or put in errors: errors carry only Redis' error category.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
-use redis::aio::MultiplexedConnection;
-use redis::cluster::ClusterClient;
-use redis::cluster_async::ClusterConnection;
-use redis::{AsyncConnectionConfig, Client, Cmd, RedisError, RedisResult, Value};
+use redis::{Cmd, Value};
 use ring::rand::{SecureRandom, SystemRandom};
-use tokio::sync::Notify;
 use tokio::time::Instant;
+
+use crate::redis_conn::RedisConn;
 
 use super::store::{SessionStore, StoreError};
 
@@ -53,15 +47,6 @@ end
 return 0
 "#;
 
-/// First reconnect delay after a failed attempt; doubles up to [`MAX_BACKOFF`].
-const MIN_BACKOFF: Duration = Duration::from_millis(50);
-/// Longest gap between reconnect attempts while Redis is down.
-const MAX_BACKOFF: Duration = Duration::from_secs(1);
-/// Connecting is off the request path, so it may take longer than an operation.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// Consecutive timeouts after which the connection is presumed dead and replaced (a peer
-/// that vanished without a reset never produces an I/O error).
-const TIMEOUTS_BEFORE_RECONNECT: u32 = 8;
 
 /// The Redis key of the record of session `key`.
 pub fn record_key(key: &str) -> String {
@@ -78,43 +63,8 @@ pub fn lock_key(key: &str) -> String {
     format!("mg:s:{{{key}}}:lock")
 }
 
-enum Target {
-    Single(Client),
-    Cluster(Box<ClusterClient>),
-}
-
-#[derive(Clone)]
-enum Conn {
-    Single(MultiplexedConnection),
-    Cluster(ClusterConnection),
-}
-
-impl Conn {
-    async fn query(&self, cmd: &Cmd) -> RedisResult<Value> {
-        // Clones are handles onto the same multiplexed pipeline, not new connections.
-        match self {
-            Conn::Single(c) => cmd.query_async(&mut c.clone()).await,
-            Conn::Cluster(c) => cmd.query_async(&mut c.clone()).await,
-        }
-    }
-}
-
-#[derive(Debug)]
-struct ConnectState {
-    connecting: bool,
-    /// The last attempt failed: operations do not wait for the next one.
-    last_failed: bool,
-    next_attempt: Option<Instant>,
-    backoff: Duration,
-}
-
 struct Shared {
-    target: Target,
-    conn: ArcSwapOption<Conn>,
-    state: Mutex<ConnectState>,
-    attempt_done: Notify,
-    consecutive_timeouts: AtomicU32,
-    connected: AtomicBool,
+    conn: Arc<RedisConn>,
     /// Tokens of the locks this instance took, with their expiry: only these are released.
     held: Mutex<HashMap<String, (String, Instant)>>,
     rng: SystemRandom,
@@ -131,12 +81,8 @@ pub struct RedisSessionStore {
 
 impl std::fmt::Debug for RedisSessionStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let target = match self.shared.target {
-            Target::Single(_) => "standalone",
-            Target::Cluster(_) => "cluster",
-        };
         f.debug_struct("RedisSessionStore")
-            .field("target", &target)
+            .field("target", &self.shared.conn.kind())
             .field("timeout", &self.timeout)
             .field("connected", &self.is_connected())
             .finish_non_exhaustive()
@@ -147,43 +93,19 @@ impl RedisSessionStore {
     /// A store on the standalone Redis at `url` (`redis://host:port[/db]`). Parses only;
     /// connects on first use, from inside a Tokio runtime.
     pub fn standalone(url: &str) -> Result<Self, String> {
-        let client =
-            Client::open(url).map_err(|e| format!("invalid Redis URL: {}", e.category()))?;
-        Ok(Self::with_target(Target::Single(client)))
+        RedisConn::new(Some(url), &[]).map(Self::with_conn)
     }
 
     /// A store on the Redis Cluster reachable through `nodes` (any subset of its masters).
     /// Parses only; connects on first use.
     pub fn cluster(nodes: &[String]) -> Result<Self, String> {
-        if nodes.is_empty() {
-            return Err("a Redis Cluster needs at least one node".to_string());
-        }
-        let client = ClusterClient::builder(nodes.iter().map(String::as_str))
-            .connection_timeout(CONNECT_TIMEOUT)
-            .response_timeout(CONNECT_TIMEOUT)
-            // Enough to follow a MOVED/ASK after a resharding; our deadline bounds the total.
-            .retries(2)
-            .min_retry_wait(1)
-            .max_retry_wait(10)
-            .build()
-            .map_err(|e| format!("invalid Redis Cluster nodes: {}", e.category()))?;
-        Ok(Self::with_target(Target::Cluster(Box::new(client))))
+        RedisConn::new(None, nodes).map(Self::with_conn)
     }
 
-    fn with_target(target: Target) -> Self {
+    fn with_conn(conn: Arc<RedisConn>) -> Self {
         Self {
             shared: Arc::new(Shared {
-                target,
-                conn: ArcSwapOption::empty(),
-                state: Mutex::new(ConnectState {
-                    connecting: false,
-                    last_failed: false,
-                    next_attempt: None,
-                    backoff: MIN_BACKOFF,
-                }),
-                attempt_done: Notify::new(),
-                consecutive_timeouts: AtomicU32::new(0),
-                connected: AtomicBool::new(false),
+                conn,
                 held: Mutex::new(HashMap::new()),
                 rng: SystemRandom::new(),
                 unlock_sha: redis::Script::new(UNLOCK_SCRIPT).get_hash().to_string(),
@@ -207,13 +129,15 @@ impl RedisSessionStore {
 
     /// Whether the last use of the connection succeeded.
     pub fn is_connected(&self) -> bool {
-        self.shared.connected.load(Ordering::Relaxed)
+        self.shared.conn.is_connected()
     }
 
     async fn exec(&self, cmd: &Cmd, eval: Option<&Cmd>) -> Result<(Value, bool), StoreError> {
         self.shared
+            .conn
             .exec(cmd, eval, Instant::now() + self.timeout)
             .await
+            .map_err(|e| StoreError(e.to_string()))
     }
 
     fn new_token(&self) -> Result<String, StoreError> {
@@ -405,174 +329,6 @@ impl SessionStore for RedisSessionStore {
 impl Shared {
     fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Instant)>> {
         self.held.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Runs `cmd` (or, when Redis does not know the script yet, `eval`) within the
-    /// deadline. A connection found broken is replaced and the command retried once within
-    /// the same deadline; the flag tells whether that happened. Every command sent here is
-    /// idempotent except `SET NX`, whose caller checks the retried case.
-    async fn exec(
-        self: &Arc<Self>,
-        cmd: &Cmd,
-        eval: Option<&Cmd>,
-        deadline: Instant,
-    ) -> Result<(Value, bool), StoreError> {
-        let mut retried = false;
-        loop {
-            let conn = self.connection(deadline).await?;
-            let mut reply = self.run(&conn, cmd, deadline).await?;
-            if let (Err(e), Some(eval)) = (&reply, eval) {
-                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) {
-                    // First use on this server (or after a restart): EVAL runs and caches it.
-                    reply = self.run(&conn, eval, deadline).await?;
-                }
-            }
-            let e = match reply {
-                Ok(value) => {
-                    self.consecutive_timeouts.store(0, Ordering::Relaxed);
-                    self.connected.store(true, Ordering::Relaxed);
-                    return Ok((value, retried));
-                }
-                Err(e) => e,
-            };
-            let error = StoreError(format!("Redis error: {}", e.category()));
-            let broken = e.is_io_error()
-                || e.is_connection_dropped()
-                || e.is_connection_refusal()
-                || e.is_unrecoverable_error()
-                || e.is_timeout();
-            if !broken {
-                return Err(error);
-            }
-            self.drop_connection(&conn);
-            if retried {
-                return Err(error);
-            }
-            retried = true;
-        }
-    }
-
-    async fn run(
-        self: &Arc<Self>,
-        conn: &Arc<Conn>,
-        cmd: &Cmd,
-        deadline: Instant,
-    ) -> Result<RedisResult<Value>, StoreError> {
-        match tokio::time::timeout_at(deadline, conn.query(cmd)).await {
-            Ok(reply) => Ok(reply),
-            Err(_) => {
-                let n = self.consecutive_timeouts.fetch_add(1, Ordering::Relaxed) + 1;
-                if n >= TIMEOUTS_BEFORE_RECONNECT {
-                    self.consecutive_timeouts.store(0, Ordering::Relaxed);
-                    self.drop_connection(conn);
-                }
-                Err(StoreError("Redis timeout".to_string()))
-            }
-        }
-    }
-
-    /// The current connection, or one made before `deadline` when it is worth waiting for.
-    async fn connection(self: &Arc<Self>, deadline: Instant) -> Result<Arc<Conn>, StoreError> {
-        let unavailable = || StoreError("Redis unavailable".to_string());
-        if let Some(conn) = self.conn.load_full() {
-            return Ok(conn);
-        }
-        // Register interest before starting the attempt, so its completion cannot slip
-        // between the check and the wait.
-        let done = self.attempt_done.notified();
-        tokio::pin!(done);
-        done.as_mut().enable();
-        if let Some(conn) = self.conn.load_full() {
-            return Ok(conn);
-        }
-        if !self.start_connecting() {
-            return Err(unavailable());
-        }
-        if tokio::time::timeout_at(deadline, done).await.is_err() {
-            return Err(StoreError("Redis timeout (connecting)".to_string()));
-        }
-        self.conn.load_full().ok_or_else(unavailable)
-    }
-
-    /// Starts a connection attempt unless one is running or the backoff has not elapsed.
-    /// Returns whether the caller should wait for it: only while Redis is not known to be
-    /// down, so an outage costs operations nothing after the first failed attempt.
-    fn start_connecting(self: &Arc<Self>) -> bool {
-        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if st.connecting {
-            return !st.last_failed;
-        }
-        if st.next_attempt.is_some_and(|at| Instant::now() < at) {
-            return false;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return false;
-        };
-        st.connecting = true;
-        let wait = !st.last_failed;
-        drop(st);
-        let this = Arc::clone(self);
-        runtime.spawn(async move { this.connect().await });
-        wait
-    }
-
-    async fn connect(self: Arc<Self>) {
-        let attempt = async {
-            match &self.target {
-                Target::Single(client) => {
-                    let config = AsyncConnectionConfig::new()
-                        .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                        // A safety net for commands abandoned by our own deadline.
-                        .set_response_timeout(Some(CONNECT_TIMEOUT));
-                    client
-                        .get_multiplexed_async_connection_with_config(&config)
-                        .await
-                        .map(Conn::Single)
-                }
-                Target::Cluster(client) => client.get_async_connection().await.map(Conn::Cluster),
-            }
-        };
-        let result: Result<Conn, Option<RedisError>> =
-            match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
-                Ok(Ok(conn)) => Ok(conn),
-                Ok(Err(e)) => Err(Some(e)),
-                Err(_) => Err(None),
-            };
-        {
-            let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-            st.connecting = false;
-            match result {
-                Ok(conn) => {
-                    self.conn.store(Some(Arc::new(conn)));
-                    self.consecutive_timeouts.store(0, Ordering::Relaxed);
-                    self.connected.store(true, Ordering::Relaxed);
-                    st.last_failed = false;
-                    st.next_attempt = None;
-                    st.backoff = MIN_BACKOFF;
-                }
-                Err(_) => {
-                    self.connected.store(false, Ordering::Relaxed);
-                    st.last_failed = true;
-                    st.next_attempt = Some(Instant::now() + st.backoff);
-                    st.backoff = (st.backoff * 2).min(MAX_BACKOFF);
-                }
-            }
-        }
-        self.attempt_done.notify_waiters();
-    }
-
-    /// Forgets `broken` (unless another operation already replaced it) and starts
-    /// reconnecting in the background.
-    fn drop_connection(self: &Arc<Self>, broken: &Arc<Conn>) {
-        let current = self.conn.load();
-        if !current.as_ref().is_some_and(|c| Arc::ptr_eq(c, broken)) {
-            return;
-        }
-        let previous = self.conn.compare_and_swap(&*current, None);
-        if previous.as_ref().is_some_and(|p| Arc::ptr_eq(p, broken)) {
-            self.connected.store(false, Ordering::Relaxed);
-            self.start_connecting();
-        }
     }
 }
 

@@ -271,7 +271,7 @@ impl RateLimitStores {
             s.limiters += 1;
         }
         if let Some(redis) = &self.inner.redis {
-            let c = &redis.counters;
+            let c = redis.counters();
             s.redis_errors = c.errors.load(Ordering::Relaxed);
             s.redis_timeouts = c.timeouts.load(Ordering::Relaxed);
             s.redis_unavailable = c.unavailable.load(Ordering::Relaxed);
