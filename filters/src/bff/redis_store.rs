@@ -47,7 +47,6 @@ end
 return 0
 "#;
 
-
 /// The Redis key of the record of session `key`.
 pub fn record_key(key: &str) -> String {
     format!("mg:s:{{{key}}}")
