@@ -1,0 +1,26 @@
+//! `payments` binary: opens the database, then serves payment authorisation until
+//! Ctrl-C or SIGTERM.
+
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use payments::{app, AppState, DEFAULT_LISTEN, SCHEMA, SERVICE};
+use shop_common::{parse_args, ServiceArgs};
+
+#[derive(clap::Parser)]
+#[command(name = "payments", about = "Demo shop payments with idempotency keys")]
+struct Cli {
+    #[command(flatten)]
+    service: ServiceArgs,
+}
+
+fn main() -> ExitCode {
+    let cli: Cli = parse_args(DEFAULT_LISTEN);
+    shop_common::run(async move {
+        let args = cli.service;
+        let db = shop_common::db::open(&args.data_dir, SERVICE, SCHEMA).await?;
+        let auth = args.auth()?;
+        shop_common::serve(app(AppState { db, auth }), args.listen).await
+    })
+}
