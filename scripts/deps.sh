@@ -10,6 +10,11 @@ command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 # Redis for global rate-limit tests (standalone and cluster).
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+# Node for the third-party OpenID Provider (BFF interop) and Playwright; Debian's chromium
+# is the browser of the end-to-end shop test (Playwright never downloads one).
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
+[[ -x /usr/bin/chromium ]] || need+=(chromium)
 
 if ((${#need[@]})); then
   if [[ $(id -u) -ne 0 ]]; then

@@ -1,4 +1,4 @@
-//! The command line: `run`, `validate`, `explain`, `certs`.
+//! The command line: `run`, `validate`, `explain`, `certs`, `up`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -43,6 +43,20 @@ pub enum Command {
         /// Extra request header, 'name: value' (repeatable).
         #[arg(short = 'H', long = "header")]
         headers: Vec<String>,
+    },
+    /// Start the whole demo mesh on loopback (dev IdP, backends, a sidecar per backend,
+    /// the edge and the web app) and print its URLs. Ctrl-C stops it.
+    Up {
+        /// The mesh topology file.
+        #[arg(short = 'c', long = "config", default_value = "config/mesh.yaml")]
+        config: PathBuf,
+        /// Where certificates, secrets, data and logs live (default: the file's `state_dir`).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Prepare the state directory and validate every proxy config with the
+        /// environment the mesh would get, then exit without starting anything.
+        #[arg(long)]
+        check: bool,
     },
     /// Mesh certificates: a dev CA and one certificate per service identity.
     Certs {
@@ -131,6 +145,15 @@ fn print_errors(file: &Path, errors: &[ConfigError]) {
 pub fn main(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Certs { command } => certs_main(command),
+        Command::Up {
+            config,
+            state_dir,
+            check,
+        } => crate::up::main(crate::up::UpOptions {
+            config,
+            state_dir,
+            check,
+        }),
         Command::Run { config } => {
             crate::logging::init();
             let result = crate::server::run(&config);
@@ -146,6 +169,23 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Validate { files } => {
             let mut failed = false;
             for file in &files {
+                if crate::up::mesh::is_topology(file) {
+                    match crate::up::mesh::load(file) {
+                        Ok(mesh) => println!(
+                            "{}: ok (mesh topology: {} services; `meshgate up --check` \
+                             validates the proxy configs it starts)",
+                            file.display(),
+                            mesh.services.len()
+                        ),
+                        Err(errors) => {
+                            failed = true;
+                            for e in errors {
+                                eprintln!("{e}");
+                            }
+                        }
+                    }
+                    continue;
+                }
                 match crate::server::compile_file(file) {
                     Ok((rt, _)) => println!(
                         "{}: ok ({} listeners, {} clusters, {} routes)",
