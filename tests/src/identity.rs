@@ -182,3 +182,57 @@ pub async fn login(authorize_url: &str, user: &str, password: &str) -> String {
         .expect("location")
         .to_string()
 }
+
+/// An access token for `user` from the provider at `issuer`, the way a relying party gets
+/// one: the code flow with PKCE through the login form, then the code exchange as client
+/// `web` with `client_secret` and the registered `redirect_uri`.
+pub async fn access_token(
+    issuer: &str,
+    client_secret: &str,
+    redirect_uri: &str,
+    user: &str,
+    scope: &str,
+) -> String {
+    use base64::Engine as _;
+    use sha2::{Digest, Sha256};
+    let verifier = "a-pkce-verifier-that-is-long-enough-for-rfc-7636-0123456789";
+    let challenge =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(verifier));
+    let mut authorize = reqwest::Url::parse(&format!("{issuer}/authorize")).expect("issuer url");
+    authorize
+        .query_pairs_mut()
+        .append_pair("client_id", "web")
+        .append_pair("redirect_uri", redirect_uri)
+        .append_pair("response_type", "code")
+        .append_pair("scope", scope)
+        .append_pair("state", "st")
+        .append_pair("nonce", "no")
+        .append_pair("code_challenge", &challenge)
+        .append_pair("code_challenge_method", "S256");
+    let back = login(authorize.as_str(), user, user).await;
+    let code = reqwest::Url::parse(&back)
+        .expect("redirect url")
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_else(|| panic!("no code in {back}"));
+    let token: serde_json::Value = reqwest::Client::new()
+        .post(format!("{issuer}/token"))
+        .basic_auth("web", Some(client_secret))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", redirect_uri),
+            ("code_verifier", verifier),
+        ])
+        .send()
+        .await
+        .expect("token")
+        .json()
+        .await
+        .expect("token json");
+    token["access_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no access_token in {token}"))
+        .to_string()
+}
