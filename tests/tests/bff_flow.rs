@@ -11,7 +11,7 @@ use meshgate_tests::browser::{Browser, Page};
 use meshgate_tests::config::Ports;
 use meshgate_tests::identity::{self, Identity, CLIENT_SECRET};
 use meshgate_tests::proc::Meshgate;
-use meshgate_tests::redis::Redis;
+use meshgate_tests::redis::{Redis, RedisCluster};
 use reqwest::Method;
 
 const KEY: &str = "q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq80=";
@@ -355,4 +355,35 @@ async fn redis_down_fails_closed_and_never_passes_anonymously() {
     })
     .await;
     assert!(back.is_some(), "decisions resume after Redis returns");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_work_on_a_redis_cluster() {
+    let rc = RedisCluster::start(3);
+    let nodes = rc
+        .urls()
+        .iter()
+        .map(|u| format!("\"{u}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let b = Backend::start("api").await;
+    let p = Ports::new();
+    let base = p.url("");
+    let idp = Identity::start(std::slice::from_ref(&base), "5m").await;
+    let sessions = format!("{{ backend: redis, cluster: [{nodes}] }}");
+    let _gw = start_edge(&edge_yaml(&p, idp.issuer(), &b, &sessions)).await;
+    let mut browser = Browser::new();
+    assert_eq!(log_in(&mut browser, &base, "/").await.status, 303);
+    let r = browser.api(Method::GET, &p.url("/api/x")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        rc.dbsizes().iter().sum::<u64>() >= 2,
+        "the session and its indexes are in the cluster: {:?}",
+        rc.dbsizes()
+    );
+    let user = browser.api(Method::GET, &p.url("/auth/user")).await.json();
+    let logout = user["logout_url"].as_str().expect("logout_url").to_string();
+    assert_eq!(browser.get(&p.url(&logout), &[]).await.status, 302);
+    browser.set_cookie(COOKIE, None);
+    assert_eq!(browser.api(Method::GET, &p.url("/api/x")).await.status, 401);
 }

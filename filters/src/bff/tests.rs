@@ -121,3 +121,40 @@ async fn a_tampered_or_foreign_record_opens_as_no_session() {
         .expect("save");
     assert_eq!(b.load(&handle).await.err(), Some(NoSession::Absent));
 }
+
+#[tokio::test]
+async fn a_session_past_its_absolute_end_is_gone() {
+    let b = bff();
+    let handle = SessionHandle::generate(&SystemRandom::new()).expect("handle");
+    let now = crate::jwt::unix_now();
+    let record = Record {
+        sub: "alice".into(),
+        sid: None,
+        name: None,
+        email: None,
+        roles: vec![],
+        access_token: "at".into(),
+        access_expires_at: now + 600,
+        refresh_token: None,
+        id_token: None,
+        created_at: now - 100,
+        expires_at: now + 1,
+        touched_at: now,
+    };
+    b.save(&handle, &record).await.expect("save");
+    assert!(b.load(&handle).await.is_ok());
+    // A record whose absolute end has passed opens as no session and is deleted.
+    let mut ended = record.clone();
+    ended.expires_at = now.saturating_sub(1);
+    let plain = serde_json::to_vec(&ended).expect("json");
+    let sealed = handle.seal(&b.key, &b.rng, &plain).expect("seal");
+    let key = session_key(&handle);
+    b.store
+        .save(&key, sealed, Duration::from_secs(60))
+        .await
+        .expect("save");
+    assert_eq!(b.load(&handle).await.err(), Some(NoSession::Absent));
+    assert!(b.store.load(&key).await.expect("load").is_none(), "deleted");
+    // And saving never outlives it.
+    assert_eq!(b.save(&handle, &ended).await.err(), Some(NoSession::Absent));
+}
