@@ -1,23 +1,14 @@
 #!/usr/bin/env bash
 # Makes the test OpenID Provider (server.mjs, panva/oidc-provider) runnable: installs Node.js
-# and npm with apt-get when they are missing, then `npm ci` here when node_modules is missing
+# and npm (through scripts/deps.sh) when they are missing, then `npm ci` here when node_modules is missing
 # or was installed from a different package-lock.json. Safe to run repeatedly; does nothing
 # when everything is in place.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-need=()
-command -v node >/dev/null 2>&1 || need+=(nodejs)
-command -v npm >/dev/null 2>&1 || need+=(npm)
-if ((${#need[@]})); then
-  if [[ $(id -u) -ne 0 ]]; then
-    if command -v sudo >/dev/null 2>&1; then SUDO=sudo; else
-      echo "missing packages: ${need[*]} (run as root or install them)" >&2; exit 1
-    fi
-  else SUDO=""; fi
-  echo "installing: ${need[*]}" >&2
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+# Node.js and npm come with the repository's system packages.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  ../../scripts/deps.sh
 fi
 
 # oidc-provider 9 needs Node.js >= 20.19 (it runs there with an "unsupported runtime"
