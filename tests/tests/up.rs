@@ -456,6 +456,53 @@ async fn only_orders_may_call_inventory_and_strangers_cannot_connect() {
         client(None).get(&url).send().await.is_err(),
         "no certificate, no connection"
     );
+    // An `orders` certificate from another CA, or an expired one from the mesh CA: refused.
+    let ca_pem = String::from_utf8(read("ca.crt")).expect("pem");
+    let ca_key = rcgen::KeyPair::from_pem(&String::from_utf8(read("ca.key")).expect("pem"))
+        .expect("mesh CA key");
+    let mesh_ca = rcgen::Issuer::from_ca_cert_pem(&ca_pem, ca_key).expect("mesh CA");
+    let foreign_key = rcgen::KeyPair::generate().expect("key");
+    let mut foreign = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    foreign.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let foreign_ca = rcgen::Issuer::new(foreign, foreign_key);
+    for (what, issuer, expired) in [
+        ("another CA", &foreign_ca, false),
+        ("an expired certificate", &mesh_ca, true),
+    ] {
+        let pem = orders_leaf(issuer, expired);
+        let stranger = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(&read("ca.crt")).expect("ca"))
+            .resolve("inventory", inbound)
+            .identity(reqwest::Identity::from_pem(pem.as_bytes()).expect("identity"))
+            .build()
+            .expect("client");
+        assert!(
+            stranger.get(&url).send().await.is_err(),
+            "{what}: the handshake is refused"
+        );
+    }
+    // The control: a fresh `orders` certificate from the mesh CA passes the handshake.
+    let pem = orders_leaf(&mesh_ca, false);
+    let fresh = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&read("ca.crt")).expect("ca"))
+        .resolve("inventory", inbound)
+        .identity(reqwest::Identity::from_pem(pem.as_bytes()).expect("identity"))
+        .build()
+        .expect("client");
+    let r = fresh
+        .get(&url)
+        .send()
+        .await
+        .expect("a fresh certificate connects");
+    assert_eq!(
+        r.status(),
+        401,
+        "admitted as orders, then asked for a token"
+    );
     // The edge's public listener has no route to inventory at all.
     let (status, _, _) = get(&mesh.url("/api/inventory/stock")).await;
     assert!(
@@ -463,4 +510,22 @@ async fn only_orders_may_call_inventory_and_strangers_cannot_connect() {
         "not routed at the edge: {status}"
     );
     assert!(mesh.stop().await.success());
+}
+
+/// An `orders` client certificate (SPIFFE URI SAN) signed by `issuer`, valid now or expired
+/// in 2021; certificate and key in one PEM.
+fn orders_leaf(issuer: &rcgen::Issuer<'_, rcgen::KeyPair>, expired: bool) -> String {
+    let mut params = rcgen::CertificateParams::new(vec!["orders".to_string()]).expect("params");
+    let uri = "spiffe://meshgate.local/orders".to_string();
+    params
+        .subject_alt_names
+        .push(rcgen::SanType::URI(uri.try_into().expect("uri")));
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    if expired {
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    }
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = params.signed_by(&key, issuer).expect("sign");
+    format!("{}{}", cert.pem(), key.serialize_pem())
 }
