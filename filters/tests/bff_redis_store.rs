@@ -43,7 +43,10 @@ async fn records_are_saved_loaded_expired_and_removed() {
     s.save("a", b"sealed-1".to_vec(), Duration::from_millis(300))
         .await
         .expect("save");
-    assert_eq!(s.load("a").await, Ok(Some(b"sealed-1".to_vec())));
+    assert_eq!(
+        s.load("a").await,
+        Ok(Some(bytes::Bytes::from_static(b"sealed-1")))
+    );
     assert!(s.is_connected());
     // Stored under the hash-tagged key, with a millisecond TTL.
     assert_eq!(
@@ -59,13 +62,19 @@ async fn records_are_saved_loaded_expired_and_removed() {
     s.save("a", b"sealed-2".to_vec(), secs(60))
         .await
         .expect("save");
-    assert_eq!(s.load("a").await, Ok(Some(b"sealed-2".to_vec())));
+    assert_eq!(
+        s.load("a").await,
+        Ok(Some(bytes::Bytes::from_static(b"sealed-2")))
+    );
     s.save("b", b"short".to_vec(), Duration::from_millis(100))
         .await
         .expect("save");
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(s.load("b").await, Ok(None), "expired by PX");
-    assert_eq!(s.load("a").await, Ok(Some(b"sealed-2".to_vec())));
+    assert_eq!(
+        s.load("a").await,
+        Ok(Some(bytes::Bytes::from_static(b"sealed-2")))
+    );
 
     // Remove deletes the record and its lock; removing a missing key is fine.
     assert_eq!(s.try_lock("a", secs(30)).await, Ok(true));
@@ -87,7 +96,7 @@ async fn records_are_saved_loaded_expired_and_removed() {
     // Binary values round-trip unchanged.
     let binary: Vec<u8> = (0..=255u8).collect();
     s.save("bin", binary.clone(), secs(60)).await.expect("save");
-    assert_eq!(s.load("bin").await, Ok(Some(binary)));
+    assert_eq!(s.load("bin").await, Ok(Some(binary.into())));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -231,7 +240,10 @@ async fn operations_fail_within_the_timeout_while_redis_is_down_and_recover_afte
     // Commands abandoned at the deadline may still run once Redis resumes (the frozen
     // round's `remove` did): a timeout means "unknown", which callers treat as failure.
     s.save("k", b"v2".to_vec(), secs(60)).await.expect("save");
-    assert_eq!(s.load("k").await, Ok(Some(b"v2".to_vec())));
+    assert_eq!(
+        s.load("k").await,
+        Ok(Some(bytes::Bytes::from_static(b"v2")))
+    );
     assert_eq!(
         b.try_lock("held", secs(60)).await,
         Ok(false),
@@ -260,7 +272,10 @@ async fn operations_fail_within_the_timeout_while_redis_is_down_and_recover_afte
     s.save("k", b"again".to_vec(), secs(60))
         .await
         .expect("save");
-    assert_eq!(s.load("k").await, Ok(Some(b"again".to_vec())));
+    assert_eq!(
+        s.load("k").await,
+        Ok(Some(bytes::Bytes::from_static(b"again")))
+    );
     let deadline = Instant::now() + secs(10);
     while b.load("k").await.is_err() {
         assert!(Instant::now() < deadline, "replica b did not recover");
@@ -355,7 +370,7 @@ async fn records_and_locks_on_a_redis_cluster() {
         assert_eq!(slot(&record_key(&key)), slot(&lock_key(&key)), "{key}");
         let value = format!("sealed-{i}").into_bytes();
         a.save(&key, value.clone(), secs(60)).await.expect("save");
-        assert_eq!(b.load(&key).await, Ok(Some(value)));
+        assert_eq!(b.load(&key).await, Ok(Some(value.into())));
         assert_eq!(a.try_lock(&key, secs(30)).await, Ok(true));
         assert_eq!(b.try_lock(&key, secs(30)).await, Ok(false));
         b.unlock(&key).await.expect("non-holder unlock");

@@ -321,6 +321,19 @@ async fn a_busy_port_is_named_with_its_owner_before_anything_starts() {
     drop(squatter);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_harness_picks_fresh_ports_when_one_was_taken_meanwhile() {
+    let mut mesh = UpMesh::new();
+    let taken = mesh.ports.edge;
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", taken)).expect("bind");
+    mesh.start().await;
+    assert_ne!(mesh.ports.edge, taken, "started on other ports");
+    let (status, _, _) = get(&mesh.url("/")).await;
+    assert_eq!(status, 200);
+    assert!(mesh.stop().await.success());
+    drop(squatter);
+}
+
 /// Stock of every SKU, read from the inventory app itself with a token of `user`.
 async fn stock(mesh: &UpMesh, token: &str) -> serde_json::Value {
     let url = format!(

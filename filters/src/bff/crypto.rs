@@ -173,11 +173,14 @@ impl SessionHandle {
         let (nonce, body) = rest.split_at(NONCE_LEN);
         let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| CryptoError::Rejected)?;
         let key = self.aead_key(server)?;
+        // One copy: the plaintext is decrypted in place at the start of this buffer.
         let mut body = body.to_vec();
-        let plain = key
+        let len = key
             .open_in_place(nonce, Aad::from(self.id), &mut body)
-            .map_err(|_| CryptoError::Rejected)?;
-        Ok(plain.to_vec())
+            .map_err(|_| CryptoError::Rejected)?
+            .len();
+        body.truncate(len);
+        Ok(body)
     }
 }
 

@@ -23,14 +23,18 @@ use crate::{Action, ErrorKind, Filter, LocalResponse, RequestCtx, RequestView, S
 /// instead of any client-sent header.
 #[derive(Clone)]
 pub struct SessionBearer {
+    /// `Bearer <token>`, checked to be a valid header value (so ASCII).
     header: HeaderValue,
-    token: Arc<str>,
 }
 
 impl SessionBearer {
     /// The access token itself.
     pub fn token(&self) -> &str {
-        &self.token
+        self.header
+            .to_str()
+            .ok()
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .unwrap_or_default()
     }
 }
 
@@ -108,16 +112,10 @@ impl Filter for BffFilter {
         };
         Step::Wait(Box::pin(async move {
             match self.bff.session(&handle).await {
-                Ok(record) => {
-                    let bearer = HeaderValue::from_str(&format!("Bearer {}", record.access_token));
-                    let Ok(mut bearer) = bearer else {
-                        return Action::Respond(LocalResponse::error(ErrorKind::Internal));
-                    };
-                    bearer.set_sensitive(true);
-                    ctx.user = Some(record.sub.as_str().into());
+                Ok(active) => {
+                    ctx.user = Some(active.sub);
                     ctx.extensions.insert(SessionBearer {
-                        header: bearer,
-                        token: record.access_token.as_str().into(),
+                        header: active.bearer,
                     });
                     Action::Continue
                 }

@@ -189,24 +189,33 @@ impl Bff {
         cookie_header(&self.cookie_name, "", Duration::ZERO, "Strict")
     }
 
-    /// Loads and opens the session a cookie value names; `Absent` for anything that does
-    /// not open (unknown id, wrong secret, tampered record, past its absolute end).
-    async fn load(&self, handle: &SessionHandle) -> Result<Record, NoSession> {
-        let key = session_key(handle);
-        let sealed = match self.store.load(&key).await {
+    /// The decrypted record a cookie value names; `Absent` for anything that does not open
+    /// (unknown id, wrong secret, tampered record).
+    async fn open(&self, handle: &SessionHandle) -> Result<Vec<u8>, NoSession> {
+        let sealed = match self.store.load(&session_key(handle)).await {
             Ok(Some(sealed)) => sealed,
             Ok(None) => return Err(NoSession::Absent),
             Err(StoreError(_)) => return Err(NoSession::Unavailable),
         };
-        let record: Record = handle
+        handle
             .open(&self.key, &sealed)
-            .ok()
-            .and_then(|plain| serde_json::from_slice(&plain).ok())
-            .ok_or(NoSession::Absent)?;
+            .map_err(|_| NoSession::Absent)
+    }
+
+    /// Ends a session found past its absolute end.
+    async fn expire(&self, handle: &SessionHandle) -> NoSession {
+        let _ = self.store.remove(&session_key(handle)).await;
+        self.stats.ended(stats::EndReason::Expired);
+        NoSession::Absent
+    }
+
+    /// Loads and opens the whole session record; `Absent` as for [`Self::open`] and past
+    /// the session's absolute end.
+    async fn load(&self, handle: &SessionHandle) -> Result<Record, NoSession> {
+        let plain = self.open(handle).await?;
+        let record: Record = serde_json::from_slice(&plain).map_err(|_| NoSession::Absent)?;
         if record.expires_at <= crate::jwt::unix_now() {
-            let _ = self.store.remove(&key).await;
-            self.stats.ended(stats::EndReason::Expired);
-            return Err(NoSession::Absent);
+            return Err(self.expire(handle).await);
         }
         Ok(record)
     }
@@ -233,17 +242,27 @@ impl Bff {
     /// The session behind `handle`, with an access token valid for at least
     /// `refresh_before` when the provider allows: refreshed here if needed, by one request
     /// per session at a time. Also pushes the idle timer back now and then.
-    pub(crate) async fn session(&self, handle: &SessionHandle) -> Result<Record, NoSession> {
-        let record = self.load(handle).await?;
+    ///
+    /// The common case — a fresh token — reads only the fields a request needs, borrowed
+    /// from the decrypted record (no copy of the ID and refresh tokens).
+    pub(crate) async fn session(&self, handle: &SessionHandle) -> Result<Active, NoSession> {
+        let plain = self.open(handle).await?;
+        let hot: Hot<'_> = serde_json::from_slice(&plain).map_err(|_| NoSession::Absent)?;
         let now = crate::jwt::unix_now();
-        if record.access_expires_at > now + self.refresh_before.as_secs() {
+        if hot.expires_at <= now {
+            return Err(self.expire(handle).await);
+        }
+        if hot.access_expires_at > now + self.refresh_before.as_secs() {
+            let active = Active::new(&hot.sub, &hot.access_token)?;
             let touch_every = (self.idle_timeout / 16).as_secs().max(30);
-            if now.saturating_sub(record.touched_at) >= touch_every {
+            if now.saturating_sub(hot.touched_at) >= touch_every {
                 self.touch(handle).await;
             }
-            return Ok(record);
+            return Ok(active);
         }
-        self.refresh(handle, record).await
+        let record: Record = serde_json::from_slice(&plain).map_err(|_| NoSession::Absent)?;
+        let record = self.refresh(handle, record).await?;
+        Active::new(&record.sub, &record.access_token)
     }
 
     /// Pushes the idle timer back, under the refresh lock so it cannot write an old
@@ -390,6 +409,41 @@ impl Bff {
                 Err(Refused::Unavailable(Some(Box::new(record))))
             }
         }
+    }
+}
+
+/// The fields of a session record every request needs (see [`Bff::session`]).
+#[derive(serde::Deserialize)]
+struct Hot<'a> {
+    #[serde(borrow)]
+    sub: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    access_token: std::borrow::Cow<'a, str>,
+    access_expires_at: u64,
+    expires_at: u64,
+    touched_at: u64,
+}
+
+/// A request's session: who, and the `Authorization` value for the upstream.
+pub(crate) struct Active {
+    pub(crate) sub: std::sync::Arc<str>,
+    pub(crate) bearer: HeaderValue,
+}
+
+impl Active {
+    fn new(sub: &str, access_token: &str) -> Result<Self, NoSession> {
+        let mut text = String::with_capacity(7 + access_token.len());
+        text.push_str("Bearer ");
+        text.push_str(access_token);
+        // Takes the string's buffer without copying it; a token that cannot be a header
+        // value is a broken session, not something to forward.
+        let mut bearer = HeaderValue::from_maybe_shared(bytes::Bytes::from(text))
+            .map_err(|_| NoSession::Absent)?;
+        bearer.set_sensitive(true);
+        Ok(Self {
+            sub: sub.into(),
+            bearer,
+        })
     }
 }
 

@@ -165,12 +165,12 @@ fn unexpected() -> StoreError {
 
 #[async_trait]
 impl SessionStore for RedisSessionStore {
-    async fn load(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    async fn load(&self, key: &str) -> Result<Option<bytes::Bytes>, StoreError> {
         let mut get = redis::cmd("GET");
         get.arg(record_key(key));
         match self.exec(&get, None).await?.0 {
             Value::Nil => Ok(None),
-            Value::BulkString(bytes) => Ok(Some(bytes)),
+            Value::BulkString(bytes) => Ok(Some(bytes.into())),
             _ => Err(unexpected()),
         }
     }

@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 
 /// A store could not answer (network, timeout). Callers fail closed: no session.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -20,8 +21,9 @@ pub struct StoreError(pub String);
 /// Where sealed session records are kept.
 #[async_trait]
 pub trait SessionStore: Send + Sync + std::fmt::Debug {
-    /// The record under `key`, if present and not expired.
-    async fn load(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The record under `key`, if present and not expired (shared bytes: the memory store
+    /// hands out its copy without cloning it).
+    async fn load(&self, key: &str) -> Result<Option<Bytes>, StoreError>;
     /// Stores `value` under `key` for `ttl`, replacing any previous record.
     async fn save(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<(), StoreError>;
     /// Removes the record (and its lock); removing a missing key is not an error.
@@ -54,7 +56,7 @@ pub struct MemoryStore {
 
 #[derive(Debug, Default)]
 struct Inner {
-    records: HashMap<String, (Vec<u8>, Instant)>,
+    records: HashMap<String, (Bytes, Instant)>,
     locks: HashMap<String, Instant>,
     indexes: HashMap<String, (Vec<String>, Instant)>,
 }
@@ -96,7 +98,7 @@ impl MemoryStore {
 
 #[async_trait]
 impl SessionStore for MemoryStore {
-    async fn load(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    async fn load(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
         let now = Instant::now();
         let mut g = self.lock();
         match g.records.get(key) {
@@ -126,7 +128,8 @@ impl SessionStore for MemoryStore {
                 g.records.remove(&oldest);
             }
         }
-        g.records.insert(key.to_string(), (value, now + ttl));
+        g.records
+            .insert(key.to_string(), (Bytes::from(value), now + ttl));
         Ok(())
     }
 
@@ -220,7 +223,7 @@ mod tests {
         s.save("a", b"x".to_vec(), Duration::from_millis(30))
             .await
             .expect("save");
-        assert_eq!(s.load("a").await.expect("load"), Some(b"x".to_vec()));
+        assert_eq!(s.load("a").await.expect("load").as_deref(), Some(&b"x"[..]));
         tokio::time::sleep(Duration::from_millis(40)).await;
         assert_eq!(s.load("a").await.expect("load"), None);
     }

@@ -112,7 +112,13 @@ async fn a_tampered_or_foreign_record_opens_as_no_session() {
     assert_eq!(b.load(&forged).await.err(), Some(NoSession::Absent));
     // Tampered bytes in the store.
     let key = session_key(&handle);
-    let mut sealed = b.store.load(&key).await.expect("load").expect("some");
+    let mut sealed = b
+        .store
+        .load(&key)
+        .await
+        .expect("load")
+        .expect("some")
+        .to_vec();
     let last = sealed.len() - 1;
     sealed[last] ^= 1;
     b.store

@@ -115,7 +115,20 @@ impl UpMesh {
             .prefix("meshgate-up-")
             .tempdir()
             .expect("temp dir");
-        let ports = MeshPorts::fresh();
+        let mesh = UpMesh {
+            dir,
+            ports: MeshPorts::fresh(),
+            child: None,
+            runs: 0,
+            last_start: Duration::ZERO,
+        };
+        mesh.write_mesh_file();
+        mesh
+    }
+
+    /// Writes `mesh.yaml` for the current ports.
+    fn write_mesh_file(&self) {
+        let ports = &self.ports;
         let r = repo();
         let q = |p: &Path| format!("\"{}\"", p.display());
         let mut services = String::new();
@@ -146,7 +159,7 @@ impl UpMesh {
              services:\n{services}\
              web: {{ dir: {web}, port: {webp} }}\n\
              edge: {{ config: {edge}, port: {ep}, admin: {ea} }}\n",
-            state = q(&dir.path().join("state")),
+            state = q(&self.dir.path().join("state")),
             idp = ports.identity,
             users = q(&r.join("backends/identity/demo/users.yaml")),
             web = q(&r.join("web")),
@@ -155,14 +168,7 @@ impl UpMesh {
             ep = ports.edge,
             ea = ports.edge_admin,
         );
-        std::fs::write(dir.path().join("mesh.yaml"), yaml).expect("write mesh.yaml");
-        UpMesh {
-            dir,
-            ports,
-            child: None,
-            runs: 0,
-            last_start: Duration::ZERO,
-        }
+        std::fs::write(self.mesh_file(), yaml).expect("write mesh.yaml");
     }
 
     /// The mesh file.
@@ -242,28 +248,45 @@ impl UpMesh {
     }
 
     /// Starts `meshgate up` and waits (deadline [`READY_TIMEOUT`]) for the ready line.
+    ///
+    /// Free ports are picked before `meshgate up` binds them, so another test may take
+    /// one in between; `up` then refuses to start and names the port. Only on the first
+    /// run (nothing depends on the ports yet), fresh ports are picked and it starts again.
     pub async fn start(&mut self) {
-        let begun = Instant::now();
-        self.spawn(&[]);
-        let ready = wait::until(READY_TIMEOUT, || {
-            let seen = if self.stdout().contains(READY_LINE) {
-                Some(true)
-            } else {
-                self.try_exit().map(|_| false)
-            };
-            async move { seen }
-        })
-        .await;
-        match ready {
-            Some(true) => self.last_start = begun.elapsed(),
-            Some(false) => panic!(
-                "meshgate up exited before the shop was ready:\n{}",
-                self.report()
-            ),
-            None => panic!(
-                "meshgate up did not print {READY_LINE:?} within {READY_TIMEOUT:?}:\n{}",
-                self.report()
-            ),
+        let first = self.runs == 0;
+        for attempt in 0.. {
+            let begun = Instant::now();
+            self.spawn(&[]);
+            let ready = wait::until(READY_TIMEOUT, || {
+                let seen = if self.stdout().contains(READY_LINE) {
+                    Some(true)
+                } else {
+                    self.try_exit().map(|_| false)
+                };
+                async move { seen }
+            })
+            .await;
+            match ready {
+                Some(true) => {
+                    self.last_start = begun.elapsed();
+                    return;
+                }
+                Some(false)
+                    if first && attempt < 2 && self.stderr().contains("of the mesh's ports") =>
+                {
+                    self.child = None;
+                    self.ports = MeshPorts::fresh();
+                    self.write_mesh_file();
+                }
+                Some(false) => panic!(
+                    "meshgate up exited before the shop was ready:\n{}",
+                    self.report()
+                ),
+                None => panic!(
+                    "meshgate up did not print {READY_LINE:?} within {READY_TIMEOUT:?}:\n{}",
+                    self.report()
+                ),
+            }
         }
     }
 
