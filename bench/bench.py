@@ -21,12 +21,19 @@ Targets (all forward to the same backend, an nginx with one worker):
     meshgate-ratelimit-local   meshgate, a route with one local rate_limit (never denies)
     meshgate-ratelimit-global  the same limit with `scope: global`, counted in a local
                     redis-server the driver starts (one Redis round trip per request)
+    meshgate-bff-memory  meshgate, a route with only the `bff` filter (browser session
+                    cookie -> `Authorization: Bearer`), sessions in the memory store
+    meshgate-bff-redis   the same with the sessions in the redis-server above
 
 Every meshgate target runs its own process with a one-route config that differs from
 meshgate-plain's only in that route's filters (and, for the chain, the cluster's circuit
 breaker); runtime settings (1 thread, metrics, JSON access log on) are identical. For jwt
 targets the driver makes an RSA key pair with openssl, signs one long-lived RS256 token and
 serves discovery and JWKS as static files from the backend, which is the configured issuer.
+For bff targets the driver runs the dev OpenID Provider (`target/release/identity`, access
+tokens valid for BFF_ACCESS_TTL so no refresh happens during the run), logs `alice` in
+through meshgate's `/auth/login` and the provider's form once per target, and sends the
+session cookie and `X-CSRF: 1` with every request.
 
 Measurements per target:
 
@@ -54,11 +61,14 @@ import argparse
 import asyncio
 import base64
 import datetime as dt
+import html
+import http.client
 import json
 import os
 import platform
 import re
 import resource
+import secrets
 import shutil
 import signal
 import socket
@@ -70,6 +80,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
+from urllib.parse import urlencode, urljoin, urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"
@@ -98,6 +109,7 @@ CHAIN_CLUSTER = [
     "circuit_breaker: { consecutive_failures: 5, failure_rate: 50%, window: 10s, min_requests: 20, "
     "open_for: 30s, half_open_probes: 3 }",
 ]
+BFF_FILTER = "bff: { require_login: true }"
 # Route filters of each meshgate target (the route is the same otherwise).
 MESHGATE_FILTERS = {
     "meshgate-plain": [],
@@ -105,7 +117,11 @@ MESHGATE_FILTERS = {
     "meshgate-jwt": [JWT_FILTER],
     "meshgate-ratelimit-local": [RATE_LIMIT_LOCAL],
     "meshgate-ratelimit-global": [RATE_LIMIT_GLOBAL],
+    "meshgate-bff-memory": [BFF_FILTER],
+    "meshgate-bff-redis": [BFF_FILTER],
 }
+# `stores.sessions.backend` of each bff target (the only difference between the two).
+BFF_SESSION_STORES = {"meshgate-bff-memory": "memory", "meshgate-bff-redis": "redis"}
 # meshgate's JSON access log (runtime.access_log) is on for every meshgate target.
 ACCESS_LOG = True
 JWT_PROVIDER = "bench"
@@ -113,6 +129,21 @@ JWT_AUDIENCE = "bench"
 JWT_SUBJECT = "bench-user"
 JWT_KID = "bench-rs256"
 JWT_LIFETIME_S = 7 * 24 * 3600
+# The BFF: the dev OpenID Provider (backends/identity) as provider `main`, client `web`.
+BFF_PROVIDER = "main"
+BFF_CLIENT_ID = "web"
+BFF_AUDIENCE = "shop-api"
+BFF_SCOPES = ["openid", "profile", "email", "offline_access"]
+BFF_USER = ("alice", "alice")  # from backends/identity/demo/users.yaml
+BFF_COOKIE = "__Host-meshgate"  # bff.cookie.name's default
+BFF_CSRF_HEADER = "X-CSRF"  # bff.csrf_header's default
+# Access-token lifetime at the provider: with 1 h (and `refresh_before: 60s`) no request of
+# a run refreshes, so the measurement is the session lookup path alone. The driver checks
+# meshgate_bff_refreshes_total stayed 0.
+BFF_ACCESS_TTL = "1h"
+IDENTITY_USERS = ROOT / "backends" / "identity" / "demo" / "users.yaml"
+# Backend path echoing the Authorization and Cookie headers it received (checks only).
+SEEN_AUTH_PATH = "/seen-auth"
 
 TINY_BODY = b"hello, world\n"
 LARGE_BODY_SIZE = 16 * 1024
@@ -124,10 +155,11 @@ IDLE_CONNECTIONS = 10_000
 LOADGEN_CPU = 0
 PROXY_CPU = 1
 TARGET_ORDER = ["direct", "nginx", "haproxy", "bare-pingora", "meshgate-plain", "meshgate-chain", "meshgate-jwt",
-                "meshgate-ratelimit-local", "meshgate-ratelimit-global"]
+                "meshgate-ratelimit-local", "meshgate-ratelimit-global", "meshgate-bff-memory", "meshgate-bff-redis"]
 MESHGATE_TARGETS = [t for t in TARGET_ORDER if t.startswith("meshgate-")]
 JWT_TARGETS = [t for t in MESHGATE_TARGETS if JWT_FILTER in MESHGATE_FILTERS[t]]
 RATE_LIMIT_TARGETS = [t for t in MESHGATE_TARGETS if any(f.startswith("rate_limit:") for f in MESHGATE_FILTERS[t])]
+BFF_TARGETS = [t for t in MESHGATE_TARGETS if BFF_FILTER in MESHGATE_FILTERS[t]]
 SERIAL_REQUESTS = 3000
 DESCRIPTIONS = {
     "direct": "the backend itself, no proxy (ceiling)",
@@ -140,6 +172,8 @@ DESCRIPTIONS = {
     "meshgate-jwt": "meshgate, route with a jwt filter only (RS256, one token: verified-token cache path)",
     "meshgate-ratelimit-local": "meshgate, route with one local rate_limit (key ip, never denies)",
     "meshgate-ratelimit-global": "meshgate, route with one global rate_limit (Redis, key ip, never denies)",
+    "meshgate-bff-memory": "meshgate, route with a bff filter only (session cookie -> bearer), memory session store",
+    "meshgate-bff-redis": "meshgate, route with a bff filter only (session cookie -> bearer), Redis session store",
 }
 
 
@@ -255,6 +289,33 @@ def prom_value(text: str, name: str, labels: str = "") -> float | None:
     return None
 
 
+def prom_samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """Every sample of metric `name` as (labels, value), e.g. the samples of
+    `meshgate_requests_total{route="bench",cluster="backend",status="200"}`."""
+    out = []
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        key, _, value = line.rpartition(" ")
+        key = key.strip()
+        if key == name:
+            labels: dict[str, str] = {}
+        elif key.startswith(name + "{") and key.endswith("}"):
+            labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', key[len(name) + 1:-1]))
+        else:
+            continue  # another metric whose name starts with this one
+        try:
+            out.append((labels, float(value)))
+        except ValueError:
+            continue
+    return out
+
+
+def prom_sum(text: str, name: str, match: Callable[[dict[str, str]], bool] = lambda _: True) -> float:
+    """The sum of the samples of `name` whose labels satisfy `match` (0 when there are none)."""
+    return sum(v for labels, v in prom_samples(text, name) if match(labels))
+
+
 # ---------------------------------------------------------------------------- JWT material
 
 def b64url(data: bytes) -> str:
@@ -351,6 +412,159 @@ def make_jwt_material(workdir: Path, www: Path, issuer: str) -> str:
     if len(signature) != (n.bit_length() + 7) // 8:
         raise RuntimeError(f"unexpected RS256 signature length {len(signature)}")
     return jwt_token(signing_input, signature)
+
+
+def jwt_payload(token: str) -> dict:
+    """The claims of a compact JWS, not verified (the checks only look at what meshgate sent
+    upstream)."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise ValueError("not a compact JWS")
+    return json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+
+
+# ---------------------------------------------------------------------------- BFF material
+
+@dataclass
+class BffSettings:
+    """What a bff target's config needs: the provider's issuer, the client secret registered
+    there, and the server `session_key`."""
+
+    issuer: str
+    client_secret: str
+    session_key: str
+
+
+def new_bff_settings(issuer: str) -> BffSettings:
+    """A random client secret and a random 32-byte session key (`openssl rand -base64 32`)."""
+    return BffSettings(issuer, secrets.token_urlsafe(24), base64.b64encode(os.urandom(32)).decode("ascii"))
+
+
+def bff_clients_yaml(client_secret: str, ports: list[int]) -> str:
+    """The dev provider's clients file: the confidential client `web` (audience shop-api,
+    RS256 tokens) with `http://127.0.0.1:<port>/auth/callback` registered for every bff
+    target's port, as tests/src/identity.rs registers the edges a test starts."""
+    uris = ", ".join(f'"http://127.0.0.1:{p}/auth/callback"' for p in ports)
+    return (
+        "# Generated by bench/bench.py.\n"
+        "clients:\n"
+        f"  - client_id: {BFF_CLIENT_ID}\n"
+        f"    client_secret: {json.dumps(client_secret)}\n"
+        f"    redirect_uris: [{uris}]\n"
+        f"    audience: {BFF_AUDIENCE}\n"
+        f"    scopes: [{', '.join(BFF_SCOPES)}]\n"
+        "    signing_alg: RS256\n"
+    )
+
+
+def identity_cmd(binary: Path, port: int, data_dir: Path, clients: Path) -> list[str]:
+    """The dev OpenID Provider on loopback, with the demo users and access tokens valid for
+    BFF_ACCESS_TTL."""
+    return [str(binary), "--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir), "--users",
+            str(IDENTITY_USERS), "--clients", str(clients), "--access-token-ttl", BFF_ACCESS_TTL]
+
+
+def set_cookie_value(set_cookies: list[str], name: str) -> str | None:
+    """The value `Set-Cookie` header values give cookie `name`: the last one wins, and a
+    cleared cookie (empty value) is None."""
+    value = None
+    for header in set_cookies:
+        k, sep, v = header.split(";", 1)[0].partition("=")
+        if sep and k.strip() == name:
+            value = v.strip() or None
+    return value
+
+
+def login_form(page: str) -> tuple[str, str]:
+    """(form action, auth_request) of the provider's login page: the hidden `auth_request`
+    input is the only state the form carries."""
+    action = "/login"
+    form = re.search(r"<form\b[^>]*>", page)
+    if form:
+        attrs = dict(re.findall(r'([\w-]+)="([^"]*)"', form.group(0)))
+        action = html.unescape(attrs.get("action") or action)
+    for tag in re.findall(r"<input\b[^>]*>", page):
+        attrs = dict(re.findall(r'([\w-]+)="([^"]*)"', tag))
+        if attrs.get("name") == "auth_request" and attrs.get("value"):
+            return action, html.unescape(attrs["value"])
+    raise ValueError(f"no auth_request field in the login page: {page[:300]!r}")
+
+
+def bff_headers(cookie: str) -> dict[str, str]:
+    """What every request to a bff route sends: the session cookie and the CSRF header."""
+    return {"Cookie": f"{BFF_COOKIE}={cookie}", BFF_CSRF_HEADER: "1"}
+
+
+def wrong_secret_cookie(cookie: str) -> str:
+    """The same session id with another 32-byte secret: names a stored record but opens nothing."""
+    session_id, _, secret = cookie.partition(".")
+    other = b64url(bytes(32))
+    return f"{session_id}.{other if secret != other else b64url(bytes([1]) * 32)}"
+
+
+def bff_redis_key(cookie: str) -> str:
+    """The Redis key of the session record a cookie names (`mg:s:{s:<base64url id>}`)."""
+    return "mg:s:{s:" + cookie.partition(".")[0] + "}"
+
+
+def parse_seen_headers(body: bytes) -> dict[str, str]:
+    """The backend's `/seen-auth` answer: `name: value` lines of the request headers it echoes."""
+    out = {}
+    for line in body.decode("latin-1").splitlines():
+        k, sep, v = line.partition(":")
+        if sep:
+            out[k.strip().lower()] = v.strip()
+    return out
+
+
+def http_request(url: str, method: str = "GET", headers: dict[str, str] | None = None, body: bytes | None = None,
+                 timeout: float = 15.0) -> tuple[int, list[tuple[str, str]], bytes]:
+    """One HTTP/1.1 request that follows no redirect: status, every header (repeated ones
+    kept, names lower-cased) and body."""
+    u = urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname or "127.0.0.1", u.port or 80, timeout=timeout)
+    try:
+        conn.request(method, (u.path or "/") + (f"?{u.query}" if u.query else ""), body=body, headers=headers or {})
+        r = conn.getresponse()
+        return r.status, [(k.lower(), v) for k, v in r.getheaders()], r.read()
+    finally:
+        conn.close()
+
+
+def header_values(headers: list[tuple[str, str]], name: str) -> list[str]:
+    return [v for k, v in headers if k == name.lower()]
+
+
+def bff_login(port: int, user: str, password: str) -> str:
+    """Logs `user` in through the BFF of the meshgate on `port` the way a browser does, step
+    by step, and returns the session cookie's value: `/auth/login` (302 to the provider, with
+    the pending-login cookie), the provider's form, its POST (a redirect to meshgate's
+    callback), and the callback with the pending-login cookie (303 with the session cookie)."""
+    base = f"http://127.0.0.1:{port}"
+
+    def fail(step: str, status: int, body: bytes) -> RuntimeError:
+        return RuntimeError(f"BFF login on port {port}, {step}: status {status}, {body[:300]!r}")
+
+    status, h, body = http_request(f"{base}/auth/login?{urlencode({'return_to': '/'})}")
+    login_cookie = set_cookie_value(header_values(h, "set-cookie"), f"{BFF_COOKIE}-login")
+    if status != 302 or not header_values(h, "location") or not login_cookie:
+        raise fail("/auth/login (want 302 with a Location and the pending-login cookie)", status, body)
+    authorize = header_values(h, "location")[0]
+    status, _, page = http_request(authorize)
+    if status != 200:
+        raise fail("provider authorize page", status, page)
+    action, auth_request = login_form(page.decode("utf-8", errors="replace"))
+    form = urlencode({"auth_request": auth_request, "username": user, "password": password}).encode()
+    status, h, body = http_request(urljoin(authorize, action), "POST",
+                                   {"Content-Type": "application/x-www-form-urlencoded"}, form)
+    callback = (header_values(h, "location") or [""])[0]
+    if status not in (302, 303) or not callback.startswith(f"{base}/auth/callback?"):
+        raise fail(f"provider login form (want a redirect to {base}/auth/callback, got {callback!r})", status, body)
+    status, h, body = http_request(callback, headers={"Cookie": f"{BFF_COOKIE}-login={login_cookie}"})
+    session = set_cookie_value(header_values(h, "set-cookie"), BFF_COOKIE)
+    if status != 303 or not session:
+        raise fail("/auth/callback (want 303 with the session cookie)", status, body)
+    return session
 
 
 # ---------------------------------------------------------------------------- processes
@@ -558,6 +772,12 @@ http {{
         # the harness can check the filters ran.
         add_header x-seen-env $http_x_env;
         add_header x-seen-sub $http_x_meshgate_sub;
+        location / {{ }}
+        # Checks only (never measured): the Authorization and Cookie headers the request
+        # arrived with, so the harness can see what a bff route sent upstream.
+        location = {SEEN_AUTH_PATH} {{
+            return 200 "authorization: $http_authorization\\ncookie: $http_cookie\\n";
+        }}
     }}
 }}
 """
@@ -623,11 +843,14 @@ backend backend
 
 
 def meshgate_conf(port: int, admin: int, backend: int, filters: list[str], *, cluster: list[str] | None = None,
-                  issuer: str | None = None, redis_port: int | None = None) -> str:
+                  issuer: str | None = None, redis_port: int | None = None, bff: BffSettings | None = None,
+                  sessions_redis_port: int | None = None) -> str:
     """One meshgate process: one route (`bench`, matching every path) with `filters`, to one
     cluster with the settings in `cluster`. The runtime section is the same for every
     meshgate target. `issuer` adds the `bench` OpenID Provider (for jwt filters);
-    `redis_port` adds the Redis store of `scope: global` rate limits."""
+    `redis_port` adds the Redis store of `scope: global` rate limits. `bff` adds the `main`
+    provider (the dev OpenID Provider, client `web`), the `bff` section and the session
+    store: in memory, or in Redis on `sessions_redis_port`."""
     lines = [
         "# Generated by bench/bench.py.",
         "mode: edge",
@@ -639,10 +862,25 @@ def meshgate_conf(port: int, admin: int, backend: int, filters: list[str], *, cl
         "runtime: { threads: 1, work_stealing: false, idle_timeout: 300s, "
         f"access_log: {'true' if ACCESS_LOG else 'false'} }}",
     ]
+    stores = []
     if redis_port is not None:
-        lines += ["stores:", f'  rate_limits: {{ backend: redis, url: "redis://127.0.0.1:{redis_port}" }}']
+        stores.append(f'  rate_limits: {{ backend: redis, url: "redis://127.0.0.1:{redis_port}" }}')
+    if bff is not None:
+        stores.append("  sessions: { backend: memory }" if sessions_redis_port is None else
+                      f'  sessions: {{ backend: redis, url: "redis://127.0.0.1:{sessions_redis_port}" }}')
+    if stores:
+        lines += ["stores:", *stores]
+    providers = []
     if issuer is not None:
-        lines += ["providers:", f"  {JWT_PROVIDER}: {{ issuer: {issuer}, audience: {JWT_AUDIENCE} }}"]
+        providers.append(f"  {JWT_PROVIDER}: {{ issuer: {issuer}, audience: {JWT_AUDIENCE} }}")
+    if bff is not None:
+        providers.append(f"  {BFF_PROVIDER}: {{ issuer: {json.dumps(bff.issuer)}, client_id: {BFF_CLIENT_ID}, "
+                         f"client_secret: {json.dumps(bff.client_secret)}, audience: {BFF_AUDIENCE}, "
+                         f"scopes: [{', '.join(BFF_SCOPES)}] }}")
+    if providers:
+        lines += ["providers:", *providers]
+    if bff is not None:
+        lines.append(f"bff: {{ provider: {BFF_PROVIDER}, session_key: {json.dumps(bff.session_key)} }}")
     lines += ["clusters:", "  backend:", f'    endpoints: ["127.0.0.1:{backend}"]']
     lines += [f"    {c}" for c in cluster or []]
     lines += ["routes:", "  - name: bench", "    to: backend"]
@@ -651,19 +889,33 @@ def meshgate_conf(port: int, admin: int, backend: int, filters: list[str], *, cl
     return "\n".join(lines) + "\n"
 
 
+def target_needs_redis(name: str) -> bool:
+    """A global rate limit counts in Redis; a bff target with BFF_SESSION_STORES `redis` keeps
+    its sessions there."""
+    return (any("scope: global" in f for f in MESHGATE_FILTERS[name])
+            or BFF_SESSION_STORES.get(name) == "redis")
+
+
 def meshgate_target_conf(name: str, port: int, admin: int, backend: int, issuer: str | None,
-                         redis_port: int | None) -> str:
-    """The config of one meshgate target (see MESHGATE_FILTERS)."""
+                         redis_port: int | None, bff: BffSettings | None = None) -> str:
+    """The config of one meshgate target (see MESHGATE_FILTERS and BFF_SESSION_STORES)."""
     filters = MESHGATE_FILTERS[name]
     needs_jwt = JWT_FILTER in filters
-    needs_redis = any("scope: global" in f for f in filters)
+    needs_bff = BFF_FILTER in filters
+    needs_redis = target_needs_redis(name)
     if needs_jwt and issuer is None:
         raise ValueError(f"{name} needs the JWT issuer")
     if needs_redis and redis_port is None:
         raise ValueError(f"{name} needs Redis")
+    if needs_bff and bff is None:
+        raise ValueError(f"{name} needs the BFF provider settings")
+    sessions_redis = needs_bff and BFF_SESSION_STORES.get(name) == "redis"
     return meshgate_conf(port, admin, backend, filters,
                          cluster=CHAIN_CLUSTER if name == "meshgate-chain" else None,
-                         issuer=issuer if needs_jwt else None, redis_port=redis_port if needs_redis else None)
+                         issuer=issuer if needs_jwt else None,
+                         redis_port=redis_port if any("scope: global" in f for f in filters) else None,
+                         bff=bff if needs_bff else None,
+                         sessions_redis_port=redis_port if sessions_redis else None)
 
 
 def redis_cmd(port: int, workdir: Path) -> list[str]:
@@ -676,6 +928,30 @@ def redis_ping(port: int) -> bool:
     with socket.create_connection(("127.0.0.1", port), timeout=1.0) as s:
         s.sendall(b"PING\r\n")
         return s.recv(64).startswith(b"+PONG")
+
+
+def redis_command(*args: str) -> bytes:
+    """A command in RESP (an array of bulk strings), safe for keys with braces or spaces."""
+    out = [f"*{len(args)}\r\n".encode()]
+    for a in args:
+        b = a.encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
+    return b"".join(out)
+
+
+def redis_integer(port: int, *args: str) -> int:
+    """Runs a command whose answer is an integer (EXISTS, DBSIZE)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=2.0) as s:
+        s.sendall(redis_command(*args))
+        reply = b""
+        while not reply.endswith(b"\r\n"):
+            chunk = s.recv(256)
+            if not chunk:
+                break
+            reply += chunk
+    if not reply.startswith(b":"):
+        raise RuntimeError(f"redis {args[0]}: unexpected reply {reply[:100]!r}")
+    return int(reply[1:].strip())
 
 
 # ---------------------------------------------------------------------------- targets
@@ -711,6 +987,10 @@ class Bench:
     redis_port: int | None = None
     token: str | None = None
     issuer: str | None = None
+    idp_proc: subprocess.Popen | None = None
+    bff: BffSettings | None = None
+    # The session cookie value of each bff target (one login per target).
+    bff_cookies: dict[str, str] = field(default_factory=dict)
     targets: dict[str, Target] = field(default_factory=dict)
 
     @property
@@ -736,7 +1016,7 @@ class Bench:
         (www / "16k").write_bytes(large)
 
         wanted = set(self.args.targets)
-        ports = free_ports(5 + 2 * len(MESHGATE_TARGETS))
+        ports = free_ports(6 + 2 * len(MESHGATE_TARGETS))
         self.backend_port = ports[0]
         if wanted & set(JWT_TARGETS):
             # The backend is the OpenID Provider: discovery and JWKS are static files in www.
@@ -756,17 +1036,33 @@ class Bench:
         self._ready(Target("direct", self.backend_port, None), self.backend_proc)
         self.targets["direct"] = Target("direct", self.backend_port, None)
 
-        if any("scope: global" in f for t in wanted & set(MESHGATE_TARGETS) for f in MESHGATE_FILTERS[t]):
+        if any(target_needs_redis(t) for t in wanted & set(MESHGATE_TARGETS)):
             # Redis is an external service like the backend: it shares the load generator's core.
             if not shutil.which("redis-server"):
                 raise RuntimeError("redis-server not found (apt-get install redis-server); needed for "
-                                   "meshgate-ratelimit-global")
+                                   "meshgate-ratelimit-global and meshgate-bff-redis")
             self.redis_port = ports[4]
             rdir = self.tmp / "redis"
             rdir.mkdir()
             self.redis_proc = self.procs.start("redis", redis_cmd(self.redis_port, rdir), self.loadgen_cpu)
             wait_ready(lambda: redis_ping(self.redis_port), self.redis_proc, "redis-server")
             log(f"redis-server on 127.0.0.1:{self.redis_port}")
+
+        bff_wanted = [t for t in BFF_TARGETS if t in wanted]
+        if bff_wanted:
+            # The dev OpenID Provider, an external service like Redis: on the load generator's
+            # core, idle during the load (no refresh happens within BFF_ACCESS_TTL).
+            idp_port = ports[5 + 2 * len(MESHGATE_TARGETS)]
+            self.bff = new_bff_settings(f"http://127.0.0.1:{idp_port}")
+            idir = self.tmp / "identity"
+            idir.mkdir()
+            clients = idir / "clients.yaml"
+            clients.write_text(bff_clients_yaml(self.bff.client_secret,
+                                                [ports[5 + 2 * MESHGATE_TARGETS.index(t)] for t in bff_wanted]))
+            self.idp_proc = self.procs.start(
+                "identity", identity_cmd(RELEASE / "identity", idp_port, idir / "data", clients), self.loadgen_cpu)
+            wait_ready(lambda: http_get(idp_port, "/healthz")[0] == 200, self.idp_proc, "identity", 60.0)
+            log(f"dev OpenID Provider (identity) at {self.bff.issuer}, access tokens valid {BFF_ACCESS_TTL}")
 
         if "nginx" in wanted:
             conf = self.tmp / "nginx.conf"
@@ -793,7 +1089,8 @@ class Bench:
                 continue
             port, admin = ports[5 + 2 * i], ports[6 + 2 * i]
             conf = self.tmp / f"{name}.yaml"
-            conf.write_text(meshgate_target_conf(name, port, admin, self.backend_port, self.issuer, self.redis_port))
+            conf.write_text(meshgate_target_conf(name, port, admin, self.backend_port, self.issuer, self.redis_port,
+                                                 self.bff))
             check = subprocess.run(
                 [str(RELEASE / "meshgate"), "validate", str(conf)], capture_output=True, text=True
             )
@@ -806,6 +1103,14 @@ class Bench:
             )
             wait_ready(lambda a=admin: http_get(a, "/readyz")[0] == 200, p, f"{name} /readyz")
             headers = {"Authorization": f"Bearer {self.token}"} if name in JWT_TARGETS else {}
+            if name in BFF_TARGETS:
+                # One browser login per target; every load-generator request then carries
+                # that session's cookie and the CSRF header.
+                cookie = bff_login(port, *BFF_USER)
+                self.bff_cookies[name] = cookie
+                headers = bff_headers(cookie)
+                log(f"{name}: {BFF_USER[0]} logged in through /auth/login, the provider's form and "
+                    f"/auth/callback; session {cookie.partition('.')[0]}")
             self._add(Target(name, port, p, admin, headers))
         self.targets = {n: self.targets[n] for n in TARGET_ORDER if n in self.targets and n in wanted}
 
@@ -844,7 +1149,24 @@ class Bench:
             "rl_redis_errors": ("meshgate_rate_limit_redis_failures_total", '{kind="error"}'),
             "jwt_accepted": ("meshgate_jwt_accepted_total", f'{{provider="{JWT_PROVIDER}"}}'),
         }
-        return {k: prom_value(text, n, lab) for k, (n, lab) in keys.items()}
+        out = {k: prom_value(text, n, lab) for k, (n, lab) in keys.items()}
+        if t.name in BFF_TARGETS:
+            out.update(
+                # Every outcome (ok, shared, invalid_grant, rejected, unavailable): any
+                # refresh means the run measured more than the session lookup.
+                bff_refreshes=prom_sum(text, "meshgate_bff_refreshes_total"),
+                bff_sessions_created=prom_sum(text, "meshgate_bff_sessions_created_total"),
+                bff_sessions_ended=prom_sum(text, "meshgate_bff_sessions_ended_total"),
+                bff_sessions_active=prom_value(text, "meshgate_bff_sessions_active"),
+                status_401=prom_sum(text, "meshgate_requests_total", lambda l: l.get("status") == "401"),
+                # Status 0: the client closed the connection before the answer (wrk and oha
+                # stop with requests in flight); not an answer, counted apart.
+                status_not_200=prom_sum(text, "meshgate_requests_total",
+                                        lambda l: l.get("status") not in ("200", "0")),
+                aborted=prom_sum(text, "meshgate_requests_total", lambda l: l.get("status") == "0"),
+                requests=prom_sum(text, "meshgate_requests_total"),
+            )
+        return out
 
     # -- checks ------------------------------------------------------------------------
 
@@ -889,6 +1211,8 @@ class Bench:
                     raise RuntimeError(f"{t.name}: request with a forged signature got {status}, want 401")
                 seen.append(f"no token: 401; forged signature: 401; RS256 token: 200, backend saw "
                             f"x-meshgate-sub: {JWT_SUBJECT}")
+            if "bff" in names:
+                seen += self.verify_bff(t)
             if "scope: global" in " ".join(filters):
                 c = self.policy_counters(t)
                 if not c["rl_redis"]:
@@ -899,6 +1223,54 @@ class Bench:
             if t.name == "meshgate-chain":
                 seen.append("cluster: " + "; ".join(CHAIN_CLUSTER))
             notes[t.name] = seen
+        return notes
+
+    def verify_bff(self, t: Target) -> list[str]:
+        """A bff route refuses a request without the cookie, without `X-CSRF: 1` or with a
+        wrong secret (401 each), sends the backend the session's access token (a JWT from the
+        provider for alice, audience shop-api) and not the session cookie, and keeps the
+        session in the configured store."""
+        assert self.bff is not None
+        cookie = self.bff_cookies[t.name]
+        path = BODIES["tiny"][0]
+        refused = {
+            "no cookie": {BFF_CSRF_HEADER: "1"},
+            f"no {BFF_CSRF_HEADER}": {"Cookie": f"{BFF_COOKIE}={cookie}"},
+            "right id, wrong secret": bff_headers(wrong_secret_cookie(cookie)),
+        }
+        for what, headers in refused.items():
+            status, _, _ = http_get(t.port, path, headers=headers)
+            if status != 401:
+                raise RuntimeError(f"{t.name}: request with {what} got {status}, want 401")
+        status, _, body = http_get(t.port, SEEN_AUTH_PATH, headers=t.headers)
+        seen_headers = parse_seen_headers(body)
+        auth = seen_headers.get("authorization", "")
+        if status != 200 or not auth.startswith("Bearer "):
+            raise RuntimeError(f"{t.name}: backend did not get a bearer token ({status}, {seen_headers})")
+        claims = jwt_payload(auth[len("Bearer "):])
+        aud = claims.get("aud")
+        if claims.get("iss") != self.bff.issuer or BFF_AUDIENCE not in (aud if isinstance(aud, list) else [aud]) \
+                or claims.get("sub") != BFF_USER[0]:
+            raise RuntimeError(f"{t.name}: upstream bearer is not alice's access token for {BFF_AUDIENCE}: "
+                               f"iss {claims.get('iss')}, aud {aud}, sub {claims.get('sub')}")
+        if BFF_COOKIE in seen_headers.get("cookie", ""):
+            raise RuntimeError(f"{t.name}: the session cookie reached the backend")
+        lifetime = claims.get("exp", 0) - claims.get("iat", 0)
+        notes = [f"no cookie, no {BFF_CSRF_HEADER}, wrong secret: 401 each; backend got `Authorization: Bearer` "
+                 f"with alice's access token (iss {claims['iss']}, aud {BFF_AUDIENCE}, lifetime {lifetime} s) and "
+                 "no session cookie"]
+        c = self.policy_counters(t)
+        if c["bff_sessions_created"] != 1:
+            raise RuntimeError(f"{t.name}: meshgate_bff_sessions_created_total is {c['bff_sessions_created']}, want 1")
+        store = BFF_SESSION_STORES[t.name]
+        in_redis = redis_integer(self.redis_port, "EXISTS", bff_redis_key(cookie)) if self.redis_port else 0
+        if store == "redis" and in_redis != 1:
+            raise RuntimeError(f"{t.name}: no session record {bff_redis_key(cookie)} in Redis")
+        if store == "memory" and (in_redis or not c["bff_sessions_active"]):
+            raise RuntimeError(f"{t.name}: session not in the memory store (meshgate_bff_sessions_active "
+                               f"{c['bff_sessions_active']}, in Redis: {in_redis})")
+        notes.append("session record in Redis (mg:s:{s:<id>})" if store == "redis" else
+                     f"session in the memory store (meshgate_bff_sessions_active = {c['bff_sessions_active']:.0f})")
         return notes
 
     # -- measurements ------------------------------------------------------------------
@@ -1129,6 +1501,8 @@ def summarize(raw: dict) -> dict:
             s["tiny_redis_cpu_us_per_req"] = median([r.get("redis_cpu_us_per_req", 0.0) for r in runs])
         if t.get("policy"):
             s["policy"] = t["policy"]
+        if t.get("invalid"):
+            s["invalid"] = t["invalid"]
         s.update({f"mem_{k}": v for k, v in t.get("memory", {}).items() if not isinstance(v, (dict, type(None)))})
         out["targets"][name] = s
 
@@ -1149,7 +1523,10 @@ def summarize(raw: dict) -> dict:
         for a, b in (("meshgate-plain", "bare-pingora"), ("meshgate-plain", "haproxy"),
                      ("meshgate-chain", "meshgate-plain"), ("meshgate-jwt", "meshgate-plain"),
                      ("meshgate-ratelimit-local", "meshgate-plain"), ("meshgate-ratelimit-global", "meshgate-plain"),
-                     ("meshgate-ratelimit-global", "meshgate-ratelimit-local"), ("bare-pingora", "nginx")):
+                     ("meshgate-ratelimit-global", "meshgate-ratelimit-local"),
+                     ("meshgate-bff-memory", "meshgate-plain"), ("meshgate-bff-redis", "meshgate-plain"),
+                     ("meshgate-bff-redis", "meshgate-bff-memory"), ("meshgate-bff-memory", "meshgate-jwt"),
+                     ("bare-pingora", "nginx")):
             r = ratio(a, b, key)
             if r is not None:
                 ratios[f"{a}/{b} {body}"] = r
@@ -1174,8 +1551,16 @@ def summarize(raw: dict) -> dict:
              lambda v: v >= 0.97, "{:.2f}×")
         goal(f"jwt ≥ 0.9× plain ({body})", ratios.get(f"meshgate-jwt/meshgate-plain {body}"),
              lambda v: v >= 0.9, "{:.2f}×")
-    goals.append({"goal": "BFF route ≥ 0.7× plain", "value": "not measured (bff filter not implemented yet)",
-                  "met": None})
+    for body in BODIES:
+        for name, store in BFF_SESSION_STORES.items():
+            text = f"BFF route ≥ 0.7× plain ({store} sessions, {body})"
+            if T.get(name, {}).get("invalid"):
+                goals.append({"goal": text, "value": f"INVALID: {T[name]['invalid']}", "met": False})
+            else:
+                goal(text, ratios.get(f"{name}/meshgate-plain {body}"), lambda v: v >= 0.7, "{:.2f}×")
+    out["bff"] = b = bff_cost(T, ratios)
+    if b:
+        goals.append({"goal": "BFF vs plain", "value": b["text"], "met": None})
     out["global_rate_limit"] = g = global_rate_limit_cost(T, ratios)
     if g:
         goals.append({"goal": "global rate limit adds one Redis round trip and nothing else", "value": g["text"],
@@ -1226,6 +1611,71 @@ def global_rate_limit_cost(T: dict, ratios: dict) -> dict | None:
     return out
 
 
+def bff_load_problem(after: dict, delta: dict) -> str | None:
+    """Why a bff target's numbers do not measure the session lookup path, or None: an
+    access-token refresh at any time (`after`: the counters after the load), or a request
+    during the load (`delta`) answered other than 200 — a 401 (no session) or a 503 (store
+    unavailable) is not the path being measured. Requests the load generator abandoned at
+    the end of a run (status 0, no answer) are not counted in `status_not_200`."""
+    problems = []
+    if after.get("bff_refreshes"):
+        problems.append(f"{after['bff_refreshes']:.0f} access-token refreshes (meshgate_bff_refreshes_total), want 0")
+    if delta.get("status_401"):
+        problems.append(f"{delta['status_401']:.0f} requests answered 401 during the load, want 0")
+    other = (delta.get("status_not_200") or 0) - (delta.get("status_401") or 0)
+    if other:
+        problems.append(f"{other:.0f} other non-200 answers during the load")
+    if not delta.get("requests"):
+        problems.append("meshgate counted no request during the load")
+    return "; ".join(problems) or None
+
+
+def bff_cost(T: dict, ratios: dict) -> dict | None:
+    """What the bff filter costs over the plain route, per session store: throughput ratios,
+    extra proxy CPU per request and extra unloaded round trip (1 connection, p50); and what
+    Redis sessions add over memory ones (round trip, Redis's CPU per request)."""
+    plain = T.get("meshgate-plain") or {}
+    out: dict = {}
+    parts = []
+    for name, store in BFF_SESSION_STORES.items():
+        t = T.get(name)
+        if not t or not t.get("tiny_rps"):
+            continue
+        bits = []
+        for body, label in (("tiny", "tiny"), ("16k", "16 KiB")):
+            key = f"{name}/meshgate-plain {body}"
+            if key in ratios:
+                out[key] = ratios[key]
+                bits.append(f"{ratios[key]:.2f}× plain ({label})")
+        if t.get("tiny_cpu_us_per_req") is not None and plain.get("tiny_cpu_us_per_req") is not None:
+            out[f"{name} added_proxy_cpu_us"] = d = t["tiny_cpu_us_per_req"] - plain["tiny_cpu_us_per_req"]
+            bits.append(f"{d:+.1f} µs proxy CPU/req")
+        if t.get("serial_p50_us") is not None and plain.get("serial_p50_us") is not None:
+            out[f"{name} added_round_trip_us"] = d = t["serial_p50_us"] - plain["serial_p50_us"]
+            bits.append(f"{d:+.0f} µs unloaded p50")
+        if t.get("invalid"):
+            bits.append("INVALID")
+        parts.append(f"{store} sessions: " + ", ".join(bits))
+    mem, red = T.get("meshgate-bff-memory"), T.get("meshgate-bff-redis")
+    if mem and red:
+        bits = []
+        if red.get("serial_p50_us") is not None and mem.get("serial_p50_us") is not None:
+            out["redis_added_round_trip_us"] = d = red["serial_p50_us"] - mem["serial_p50_us"]
+            bits.append(f"{d:+.0f} µs unloaded p50")
+        if red.get("tiny_cpu_us_per_req") is not None and mem.get("tiny_cpu_us_per_req") is not None:
+            out["redis_added_proxy_cpu_us"] = d = red["tiny_cpu_us_per_req"] - mem["tiny_cpu_us_per_req"]
+            bits.append(f"{d:+.1f} µs proxy CPU/req")
+        if red.get("tiny_redis_cpu_us_per_req") is not None:
+            out["redis_cpu_us"] = red["tiny_redis_cpu_us_per_req"]
+            bits.append(f"Redis {out['redis_cpu_us']:.1f} µs CPU/req")
+        if bits:
+            parts.append("Redis vs memory sessions: " + ", ".join(bits))
+    if not parts:
+        return None
+    out["text"] = "; ".join(parts)
+    return out
+
+
 # ---------------------------------------------------------------------------- report
 
 def fmt_rps(v: float | None) -> str:
@@ -1263,8 +1713,9 @@ def summary_table(raw: dict, summary: dict) -> str:
             idle = f"{fmt_mib(s['mem_idle_rss_kib'])} (+{fmt_mib(s.get('mem_idle_delta_kib'))})"
         cpu = s.get("tiny_cpu_us_per_req")
         serial = s.get("serial_p50_us")
+        label = f"{name} (**INVALID**)" if s.get("invalid") else name
         lines.append(
-            f"| {name} | {fmt_rps(s.get('tiny_rps'))} | {rel('tiny')} | {fmt_rps(s.get('16k_rps'))} | {rel('16k')} "
+            f"| {label} | {fmt_rps(s.get('tiny_rps'))} | {rel('tiny')} | {fmt_rps(s.get('16k_rps'))} | {rel('16k')} "
             f"| {'–' if cpu is None else f'{cpu:.1f}'} | {'–' if serial is None else f'{serial:.0f}'} "
             f"| {fmt_ms(s.get('p50'))} | {fmt_ms(s.get('p99'))} "
             f"| {fmt_ms(s.get('p999'))} | {fmt_mib(s.get('mem_peak_kib'))} | {idle} |"
@@ -1312,8 +1763,7 @@ def markdown(raw: dict, summary: dict, chart_name: str) -> str:
         f"`{'true' if raw.get('access_log', True) else 'false'}` for all of them: the JSON access log is formatted "
         "and written as in production, to /dev/null. nginx and HAProxy run without access logs.",
         f"- meshgate-chain filters, in order: {', '.join(chain_filter_names(raw['chain_filters']))}; cluster: "
-        f"{', '.join(chain_filter_names(raw.get('chain_cluster', [])) or ['no extra settings'])}. "
-        "The BFF target is not measured: the `bff` filter is not implemented yet.",
+        f"{', '.join(chain_filter_names(raw.get('chain_cluster', [])) or ['no extra settings'])}.",
         "- jwt targets: an RSA-2048 key pair made with openssl at start; one RS256 token (iss, aud, sub, iat, exp; "
         "7 days) sent by every request as `Authorization: Bearer`; discovery and JWKS served as static files by the "
         "backend, which is the configured issuer. With one token, every request after the first takes meshgate's "
@@ -1321,10 +1771,20 @@ def markdown(raw: dict, summary: dict, chart_name: str) -> str:
         "- Rate limits: `key: ip`, `rate: 1000000/s`, `burst: 1000000`, so every request is counted and none is "
         "denied; `scope: global` counts in a redis-server the driver starts on loopback (on the load generator's "
         "core), one round trip per request, default `timeout: 20ms` and `on_error: allow`.",
+        "- bff targets: the dev OpenID Provider (`backends/identity`, release build) runs on the load generator's "
+        f"core with access tokens valid {raw.get('bff_access_token_ttl', BFF_ACCESS_TTL)} (with `refresh_before: 60s`, "
+        "no refresh during the run; the driver checks `meshgate_bff_refreshes_total` stays 0 and no request is "
+        "answered 401 or anything but 200, else the target is marked INVALID). Before measuring, the driver logs "
+        "alice in once per target through `/auth/login`, the provider's form and `/auth/callback`; wrk, oha and "
+        f"the idle client send that `{BFF_COOKIE}` session cookie and `{BFF_CSRF_HEADER}: 1`. Every request opens "
+        "the session: a store lookup (memory, or one Redis GET), HKDF-SHA256 key derivation, AES-256-GCM open and "
+        "a JSON parse of the record, then `Authorization: Bearer <access token>` upstream.",
         "",
         "Route filters per meshgate target:",
         "",
         *[f"- {n}: " + ("; ".join(f"`{f}`" for f in fl) if fl else "none")
+          + (f" (`stores.sessions: {{ backend: {raw['bff_session_stores'][n]} }}`)"
+             if n in raw.get("bff_session_stores", {}) else "")
           for n, fl in raw.get("meshgate_filters", {}).items()],
         "",
         "## Results",
@@ -1350,7 +1810,20 @@ def markdown(raw: dict, summary: dict, chart_name: str) -> str:
             out.append(f"Decisions during the load: {pol.get('rl_redis', 0):.0f} by Redis, "
                        f"{pol.get('rl_fallback', 0):.0f} by the local fallback, "
                        f"{pol.get('rl_redis_timeouts', 0):.0f} Redis timeouts, {pol.get('rl_denied', 0):.0f} denied.")
-    out += ["", "## Targets (issues 7, 4 and 5)", "", "| goal | measured | met |", "|---|---|---|"]
+    b = summary.get("bff")
+    if b:
+        out += ["", "## BFF: session cookie → bearer", "",
+                "meshgate-bff-memory and meshgate-bff-redis against meshgate-plain (same route and backend, plus the "
+                "`bff` filter): " + b["text"] + ".", ""]
+        for name in BFF_SESSION_STORES:
+            pol = T.get(name, {}).get("policy") or {}
+            if pol:
+                out.append(f"- {name}: {pol.get('requests', 0):.0f} requests during the load, "
+                           f"{pol.get('status_401', 0):.0f} answered 401, {pol.get('status_not_200', 0):.0f} not 200 "
+                           f"({pol.get('aborted', 0):.0f} abandoned by the load generator at the end of a run, no "
+                           f"answer); {pol.get('bff_refreshes_total', 0):.0f} access-token refreshes in all."
+                           + (f" **INVALID**: {T[name]['invalid']}" if T[name].get("invalid") else ""))
+    out += ["", "## Targets (issues 7, 4, 5 and Benchmarks)", "", "| goal | measured | met |", "|---|---|---|"]
     for g in summary["goals"]:
         met = "n/a" if g["met"] is None else ("yes" if g["met"] else "**no**")
         out.append(f"| {g['goal']} | {g['value']} | {met} |")
@@ -1548,7 +2021,7 @@ def main(argv: list[str]) -> int:
     if args.idle_connections + 1000 > nofile:
         log(f"open-file limit {nofile} is too low for {args.idle_connections} idle connections; lowering the count")
         args.idle_connections = max(0, nofile - 1000)
-    for binary in ("meshgate", "bare-pingora"):
+    for binary in ("meshgate", "bare-pingora") + (("identity",) if set(args.targets) & set(BFF_TARGETS) else ()):
         if not (RELEASE / binary).exists():
             log(f"missing {RELEASE / binary}: run bench/run.sh (it builds in release mode)")
             return 2
@@ -1571,6 +2044,8 @@ def main(argv: list[str]) -> int:
         "chain_filters": CHAIN_FILTERS,
         "chain_cluster": CHAIN_CLUSTER,
         "meshgate_filters": {n: MESHGATE_FILTERS[n] for n in MESHGATE_TARGETS if n in args.targets},
+        "bff_session_stores": {n: BFF_SESSION_STORES[n] for n in BFF_TARGETS if n in args.targets},
+        "bff_access_token_ttl": BFF_ACCESS_TTL,
         "access_log": ACCESS_LOG,
         "notes": [],
     }
@@ -1588,7 +2063,8 @@ def main(argv: list[str]) -> int:
         data = {t.name: {"description": DESCRIPTIONS[t.name], "port": t.port, "url": t.url("tiny"),
                          "throughput": {b: [] for b in BODIES}, "latency": [], "serial": [], "memory": {}}
                 for t in targets}
-        policy_targets = [t for t in targets if t.admin is not None and t.name in RATE_LIMIT_TARGETS + JWT_TARGETS]
+        policy_targets = [t for t in targets if t.admin is not None
+                          and t.name in RATE_LIMIT_TARGETS + JWT_TARGETS + BFF_TARGETS]
         counters0 = {t.name: bench.policy_counters(t) for t in policy_targets}
 
         log("warm-up")
@@ -1651,6 +2127,18 @@ def main(argv: list[str]) -> int:
                         raw["notes"].append(f"{t.name}: {100 * share:.1f}% of global decisions fell back to the local "
                                             f"limiter ({delta['rl_redis_timeouts']:.0f} Redis timeouts): the "
                                             "global numbers understate the Redis round trip")
+            if t.name in BFF_TARGETS:
+                delta["bff_refreshes_total"] = c1["bff_refreshes"]
+                problem = bff_load_problem(c1, delta)
+                log(f"{t.name}: {delta['requests']:.0f} requests during the load, {delta['status_401']:.0f} answered "
+                    f"401, {delta['status_not_200']:.0f} not 200, {delta['aborted']:.0f} aborted by the load "
+                    f"generator; {c1['bff_refreshes']:.0f} token refreshes in all")
+                if problem:
+                    # The numbers measured something else than the session lookup: keep them,
+                    # but mark the target invalid everywhere and exit non-zero.
+                    data[t.name]["invalid"] = problem
+                    raw["notes"].append(f"**{t.name} is INVALID**: {problem}")
+                    log(f"!!! {t.name} INVALID: {problem}")
 
         for t in targets:
             pid = bench.pid_of(t)
@@ -1702,7 +2190,10 @@ def main(argv: list[str]) -> int:
     for g in summary["goals"]:
         print(f"  [{'n/a' if g['met'] is None else ('ok ' if g['met'] else 'MISS')}] {g['goal']}: {g['value']}")
     log(f"wrote {args.out_dir / stem}.md, .json and .svg in {raw['parameters']['wall_seconds']:.0f}s")
-    return 0
+    invalid = {n: t["invalid"] for n, t in raw["targets"].items() if t.get("invalid")}
+    for n, why in invalid.items():
+        log(f"FAILED: {n} is invalid: {why}")
+    return 1 if invalid else 0
 
 
 if __name__ == "__main__":

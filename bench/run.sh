@@ -8,7 +8,8 @@
 #
 # On a fresh Debian machine, run as root: it installs nginx, haproxy, wrk, openssl and
 # redis-server with apt-get (running `apt-get update` once, only when a package is missing)
-# and oha (the open-loop latency generator) with `cargo install oha`, builds meshgate and bench/bare-pingora in
+# and oha (the open-loop latency generator) with `cargo install oha`, builds meshgate,
+# bench/bare-pingora and the dev OpenID Provider (backends/identity, for the bff targets) in
 # release mode, raises the open-file limit and hands over to bench/bench.py, which starts
 # every process on free loopback ports, measures, and stops everything it started.
 set -euo pipefail
@@ -26,7 +27,7 @@ command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v taskset >/dev/null 2>&1 || missing+=(util-linux)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)            # RS256 key and token for jwt targets
-command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)  # store of the global rate-limit target
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)  # global rate limit and BFF session store
 if [ "${#missing[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         say "missing: ${missing[*]}; run as root to install them, or install them yourself"
@@ -47,8 +48,9 @@ if ! command -v oha >/dev/null 2>&1; then
     cargo install oha --locked
 fi
 
-say "building meshgate and bare-pingora (release)"
-cargo build --release -p meshgate -p bare-pingora
+say "building meshgate, bare-pingora and identity (release)"
+# identity: the dev OpenID Provider the bff targets log in at (backends/identity).
+cargo build --release -p meshgate -p bare-pingora -p identity
 
 # 10,000 idle connections need more than the usual 1024 descriptors per process.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true

@@ -2,7 +2,8 @@
 
 Run with `python3 -m unittest bench/test_bench.py` from the repository root; nothing here
 opens a socket, and the only processes started are openssl's, in the JWT round-trip test
-(skipped when openssl is not installed).
+(skipped when openssl is not installed). The BFF login (HTTP to meshgate and the provider)
+is exercised by a real run; its parsing steps are tested here.
 """
 
 import base64
@@ -71,11 +72,13 @@ def fake_raw() -> dict:
                                  ("haproxy", 90e3, 0.9, 9000), ("bare-pingora", 55e3, 1.0, 400000),
                                  ("meshgate-plain", 50e3, 1.2, 410000), ("meshgate-chain", 45e3, 1.4, 410000),
                                  ("meshgate-jwt", 44e3, 1.3, 410000), ("meshgate-ratelimit-local", 49e3, 1.2, 410000),
-                                 ("meshgate-ratelimit-global", 40e3, 1.5, 410000)):
+                                 ("meshgate-ratelimit-global", 40e3, 1.5, 410000),
+                                 ("meshgate-bff-memory", 40e3, 1.3, 410000), ("meshgate-bff-redis", 30e3, 1.6, 410000)):
         targets[name] = {
             "throughput": {"tiny": runs(rps, 1e6 / rps), "16k": runs(rps / 2, 2e6 / rps)},
             "latency": lat(p99),
-            "serial": serial({"meshgate-ratelimit-global": 0.150, "meshgate-ratelimit-local": 0.100}.get(name, 0.09)),
+            "serial": serial({"meshgate-ratelimit-global": 0.150, "meshgate-ratelimit-local": 0.100,
+                              "meshgate-bff-memory": 0.095, "meshgate-bff-redis": 0.155}.get(name, 0.09)),
             "memory": {"peak_kib": 20000, "idle_rss_kib": 20000 + idle, "idle_before_kib": 20000,
                        "idle_delta_kib": idle, "opened": 10000, "still_open": 10000, "failures": 0,
                        "first_failure": None},
@@ -85,10 +88,16 @@ def fake_raw() -> dict:
                                                       "rl_redis_errors": 0.0, "jwt_accepted": 0.0}
     for r in targets["meshgate-ratelimit-global"]["throughput"]["tiny"]:
         r["redis_cpu_s"], r["redis_cpu_us_per_req"] = 1.0, 6.0
+    for r in targets["meshgate-bff-redis"]["throughput"]["tiny"]:
+        r["redis_cpu_s"], r["redis_cpu_us_per_req"] = 1.0, 7.0
+    for name in ("meshgate-bff-memory", "meshgate-bff-redis"):
+        targets[name]["policy"] = {"requests": 50000.0, "status_401": 0.0, "status_not_200": 0.0, "aborted": 40.0,
+                                   "bff_refreshes": 0.0, "bff_refreshes_total": 0.0}
     return {
         "date": "2026-01-01", "machine_label": "2core", "command": "bench/run.sh",
         "chain_filters": bench.CHAIN_FILTERS, "chain_cluster": bench.CHAIN_CLUSTER, "access_log": True,
-        "meshgate_filters": bench.MESHGATE_FILTERS, "notes": [], "checks": {"nginx": ["tiny: 200"]},
+        "meshgate_filters": bench.MESHGATE_FILTERS, "bff_session_stores": bench.BFF_SESSION_STORES,
+        "bff_access_token_ttl": "1h", "notes": [], "checks": {"nginx": ["tiny: 200"]},
         "machine": {k: "x" for k in ("cpu", "cores", "memory_gib", "kernel", "os", "nginx", "haproxy", "wrk",
                                      "oha", "rustc", "pingora", "meshgate_commit", "hostname")},
         "parameters": {"quick": False, "rounds": 3, "duration": 6.0, "latency_duration": 6.0,
@@ -139,6 +148,28 @@ class ParseTests(unittest.TestCase):
         self.assertEqual(bench.prom_value(text, "meshgate_rate_limit_global_decisions_total", '{by="fallback"}'), 0)
         self.assertEqual(bench.prom_value(text, "meshgate_rate_limit_overflow_decisions_total"), 7)
         self.assertIsNone(bench.prom_value(text, "meshgate_rate_limit_global_decisions_total", '{by="x"}'))
+
+    def test_prometheus_sums_by_label(self):
+        text = ("# HELP meshgate_requests_total Finished requests by route, cluster and status.\n"
+                "# TYPE meshgate_requests_total counter\n"
+                'meshgate_requests_total{route="bench",cluster="backend",status="200"} 1000\n'
+                'meshgate_requests_total{route="bench",cluster="",status="401"} 3\n'
+                'meshgate_requests_total{route="bench",cluster="backend",status="503"} 2\n'
+                'meshgate_requests_total{route="bench",cluster="backend",status="0"} 20\n'
+                'meshgate_requests_total_other{status="401"} 99\n'
+                'meshgate_bff_refreshes_total{outcome="ok"} 0\n'
+                'meshgate_bff_refreshes_total{outcome="shared"} 4\n'
+                'meshgate_bff_sessions_created_total 1\n'
+                'x_total{a="with \\"quote\\", comma",status="401"} 5\n')
+        self.assertEqual(bench.prom_sum(text, "meshgate_requests_total"), 1025)
+        self.assertEqual(bench.prom_sum(text, "meshgate_requests_total", lambda l: l.get("status") == "401"), 3)
+        self.assertEqual(bench.prom_sum(text, "meshgate_requests_total",
+                                        lambda l: l.get("status") not in ("200", "0")), 5)
+        self.assertEqual(bench.prom_sum(text, "meshgate_bff_refreshes_total"), 4)
+        self.assertEqual(bench.prom_sum(text, "meshgate_bff_sessions_created_total"), 1)
+        self.assertEqual(bench.prom_sum(text, "meshgate_bff_logins_total"), 0)
+        samples = bench.prom_samples(text, "x_total")
+        self.assertEqual(samples, [({"a": 'with \\"quote\\", comma', "status": "401"}, 5.0)])
 
     def test_callgrind_annotate_lines(self):
         text = ("  1,000 (100.0%)  PROGRAM TOTALS\n"
@@ -236,9 +267,12 @@ class JwtTests(unittest.TestCase):
             self.assertGreater(claims["exp"], claims["iat"])
 
 
+BFF = bench.BffSettings("http://127.0.0.1:1004", "s3cret", "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=")
+
+
 class ConfigTests(unittest.TestCase):
     def confs(self) -> dict:
-        return {name: bench.meshgate_target_conf(name, 1000, 1001, 1002, "http://127.0.0.1:1002", 1003)
+        return {name: bench.meshgate_target_conf(name, 1000, 1001, 1002, "http://127.0.0.1:1002", 1003, BFF)
                 for name in bench.MESHGATE_TARGETS}
 
     def test_meshgate_config_one_route(self):
@@ -272,13 +306,58 @@ class ConfigTests(unittest.TestCase):
         self.assertEqual(bench.JWT_TARGETS, ["meshgate-chain", "meshgate-jwt"])
         self.assertEqual(bench.RATE_LIMIT_TARGETS,
                          ["meshgate-chain", "meshgate-ratelimit-local", "meshgate-ratelimit-global"])
+        self.assertEqual(bench.BFF_TARGETS, ["meshgate-bff-memory", "meshgate-bff-redis"])
+        for name in bench.MESHGATE_TARGETS:
+            if name not in bench.BFF_TARGETS:
+                self.assertNotIn("bff", confs[name])
+                self.assertNotIn("sessions:", confs[name])
+
+    def test_bff_targets_differ_only_in_the_session_store(self):
+        confs = self.confs()
+        mem, red = confs["meshgate-bff-memory"], confs["meshgate-bff-redis"]
+        for c in (mem, red):
+            self.assertIn("mode: edge\n", c)
+            self.assertIn("    filters:\n      - bff: { require_login: true }\n", c)
+            self.assertIn('providers:\n  main: { issuer: "http://127.0.0.1:1004", client_id: web, '
+                          'client_secret: "s3cret", audience: shop-api, '
+                          "scopes: [openid, profile, email, offline_access] }\n", c)
+            self.assertIn('bff: { provider: main, session_key: "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=" }\n', c)
+            self.assertNotIn("jwt:", c)
+            self.assertNotIn("rate_limits:", c)
+            self.assertEqual(c.count("routes:"), 1)
+        self.assertIn("stores:\n  sessions: { backend: memory }\n", mem)
+        self.assertIn('stores:\n  sessions: { backend: redis, url: "redis://127.0.0.1:1003" }\n', red)
+        self.assertEqual(mem.replace("backend: memory }", "X"),
+                         red.replace('backend: redis, url: "redis://127.0.0.1:1003" }', "X"))
+        # Every other line is meshgate-plain's.
+        plain = set(confs["meshgate-plain"].splitlines())
+        extra = [l for l in mem.splitlines() if l not in plain]
+        self.assertEqual([l.split(":")[0].strip() for l in extra],
+                         ["stores", "sessions", "providers", "main", "bff", "filters", "- bff"])
+
+    def test_which_targets_need_redis(self):
+        self.assertEqual([t for t in bench.MESHGATE_TARGETS if bench.target_needs_redis(t)],
+                         ["meshgate-ratelimit-global", "meshgate-bff-redis"])
+        self.assertEqual(bench.BFF_SESSION_STORES, {"meshgate-bff-memory": "memory", "meshgate-bff-redis": "redis"})
 
     def test_missing_issuer_or_redis_is_an_error(self):
         with self.assertRaises(ValueError):
             bench.meshgate_target_conf("meshgate-jwt", 1, 2, 3, None, None)
         with self.assertRaises(ValueError):
             bench.meshgate_target_conf("meshgate-ratelimit-global", 1, 2, 3, None, None)
+        with self.assertRaises(ValueError):
+            bench.meshgate_target_conf("meshgate-bff-memory", 1, 2, 3, None, None)
+        with self.assertRaises(ValueError):
+            bench.meshgate_target_conf("meshgate-bff-redis", 1, 2, 3, None, None, BFF)
         bench.meshgate_target_conf("meshgate-ratelimit-local", 1, 2, 3, None, None)
+        bench.meshgate_target_conf("meshgate-bff-memory", 1, 2, 3, None, None, BFF)
+
+    def test_backend_echoes_auth_headers_on_its_check_path_only(self):
+        conf = bench.backend_nginx_conf(Path("/t"), 1, 4096)
+        self.assertIn("location = /seen-auth {", conf)
+        # nginx reads \n in a quoted string as a newline: one header per line in the body.
+        self.assertIn('return 200 "authorization: $http_authorization\\ncookie: $http_cookie\\n";', conf)
+        self.assertIn("location / { }", conf)
 
     def test_request_head_carries_headers(self):
         head = bench.request_head("/tiny", {"Authorization": "Bearer t"}, close=False)
@@ -296,6 +375,109 @@ class ConfigTests(unittest.TestCase):
         self.assertIn("http-reuse always", haproxy)
 
 
+LOGIN_PAGE = (
+    '<!doctype html><html><head><title>Sign in</title></head><body><main><h1>Sign in</h1>'
+    '<p class="sub">to continue to <strong>web</strong></p>'
+    '<form method="post" action="/login" autocomplete="on">'
+    '<input type="hidden" name="auth_request" value="Zm9v&amp;YmFy_-42">'
+    '<label for="username">Username</label>'
+    '<input type="text" id="username" name="username" value="" autocomplete="username" required autofocus>'
+    '<input type="password" id="password" name="password" autocomplete="current-password" required>'
+    '<button type="submit">Sign in</button></form></main></body></html>'
+)
+
+
+class BffTests(unittest.TestCase):
+    COOKIE = "AAECAwQFBgcICQoLDA0ODw." + "x" * 43
+
+    def test_clients_file_registers_every_bff_callback(self):
+        text = bench.bff_clients_yaml("the-secret", [4100, 4102])
+        self.assertIn("  - client_id: web\n", text)
+        self.assertIn('    client_secret: "the-secret"\n', text)
+        self.assertIn('    redirect_uris: ["http://127.0.0.1:4100/auth/callback", '
+                      '"http://127.0.0.1:4102/auth/callback"]\n', text)
+        self.assertIn("    audience: shop-api\n", text)
+        self.assertIn("    scopes: [openid, profile, email, offline_access]\n", text)
+        self.assertIn("    signing_alg: RS256\n", text)
+
+    def test_identity_command(self):
+        cmd = bench.identity_cmd(Path("/r/identity"), 4200, Path("/d"), Path("/c.yaml"))
+        self.assertEqual(cmd[:3], ["/r/identity", "--listen", "127.0.0.1:4200"])
+        self.assertEqual(cmd[cmd.index("--access-token-ttl") + 1], "1h")
+        self.assertEqual(cmd[cmd.index("--clients") + 1], "/c.yaml")
+        self.assertTrue(cmd[cmd.index("--users") + 1].endswith("backends/identity/demo/users.yaml"))
+        self.assertTrue(bench.IDENTITY_USERS.exists())
+
+    def test_settings_are_random_and_the_key_is_32_bytes(self):
+        a, b = bench.new_bff_settings("http://i"), bench.new_bff_settings("http://i")
+        self.assertNotEqual(a.client_secret, b.client_secret)
+        self.assertNotEqual(a.session_key, b.session_key)
+        self.assertEqual(len(base64.b64decode(a.session_key)), 32)
+        self.assertEqual(a.issuer, "http://i")
+
+    def test_set_cookie_parsing(self):
+        headers = [
+            "__Host-meshgate-login=pending.value; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=600",
+            "__Host-meshgate=" + self.COOKIE + "; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=2592000",
+            "other=1",
+        ]
+        self.assertEqual(bench.set_cookie_value(headers, "__Host-meshgate"), self.COOKIE)
+        self.assertEqual(bench.set_cookie_value(headers, "__Host-meshgate-login"), "pending.value")
+        self.assertIsNone(bench.set_cookie_value(headers, "__Host"))
+        self.assertIsNone(bench.set_cookie_value(headers[:1], "__Host-meshgate"))
+        # A later clearing Set-Cookie wins.
+        cleared = headers + ["__Host-meshgate=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0"]
+        self.assertIsNone(bench.set_cookie_value(cleared, "__Host-meshgate"))
+
+    def test_login_form_parsing(self):
+        self.assertEqual(bench.login_form(LOGIN_PAGE), ("/login", "Zm9v&YmFy_-42"))
+        # Attribute order does not matter; a missing action means /login.
+        page = '<form method="post"><input value="abc" type="hidden" name="auth_request"></form>'
+        self.assertEqual(bench.login_form(page), ("/login", "abc"))
+        page = '<form action="/idp/login?x=1&amp;y=2"><input name="auth_request" value="abc"></form>'
+        self.assertEqual(bench.login_form(page), ("/idp/login?x=1&y=2", "abc"))
+        with self.assertRaises(ValueError):
+            bench.login_form("<h1>Unknown client</h1>")
+        with self.assertRaises(ValueError):
+            bench.login_form('<input name="username" value="alice">')
+
+    def test_request_headers_and_cookies(self):
+        self.assertEqual(bench.bff_headers(self.COOKIE), {"Cookie": "__Host-meshgate=" + self.COOKIE, "X-CSRF": "1"})
+        t = bench.Target("meshgate-bff-memory", 1, None, 2, bench.bff_headers("a.b"))
+        self.assertEqual(t.header_args(), ["-H", "Cookie: __Host-meshgate=a.b", "-H", "X-CSRF: 1"])
+        wrong = bench.wrong_secret_cookie(self.COOKIE)
+        self.assertEqual(wrong.split(".")[0], self.COOKIE.split(".")[0])
+        self.assertNotEqual(wrong, self.COOKIE)
+        self.assertEqual(len(base64.urlsafe_b64decode(wrong.split(".")[1] + "=")), 32)
+        zero = "id." + bench.b64url(bytes(32))
+        self.assertNotEqual(bench.wrong_secret_cookie(zero), zero)
+        self.assertEqual(bench.bff_redis_key(self.COOKIE), "mg:s:{s:AAECAwQFBgcICQoLDA0ODw}")
+
+    def test_seen_headers_and_token_claims(self):
+        claims = {"iss": "http://127.0.0.1:4", "aud": "shop-api", "sub": "alice", "iat": 10, "exp": 3610}
+        token = bench.jwt_token(bench.jwt_signing_input({"alg": "RS256"}, claims), b"sig")
+        seen = bench.parse_seen_headers(f"authorization: Bearer {token}\ncookie: theme=dark\n".encode())
+        self.assertEqual(seen, {"authorization": f"Bearer {token}", "cookie": "theme=dark"})
+        self.assertEqual(bench.parse_seen_headers(b"authorization: \ncookie: \n"), {"authorization": "", "cookie": ""})
+        self.assertEqual(bench.jwt_payload(token), claims)
+        with self.assertRaises(ValueError):
+            bench.jwt_payload("opaque-token")
+
+    def test_redis_command_is_resp(self):
+        self.assertEqual(bench.redis_command("EXISTS", "mg:s:{s:abc}"),
+                         b"*2\r\n$6\r\nEXISTS\r\n$12\r\nmg:s:{s:abc}\r\n")
+
+    def test_load_problems(self):
+        clean = {"requests": 1000.0, "status_401": 0.0, "status_not_200": 0.0}
+        self.assertIsNone(bench.bff_load_problem({"bff_refreshes": 0.0}, clean))
+        self.assertIn("2 access-token refreshes", bench.bff_load_problem({"bff_refreshes": 2.0}, clean))
+        p = bench.bff_load_problem({"bff_refreshes": 0.0},
+                                   {"requests": 1000.0, "status_401": 5.0, "status_not_200": 7.0})
+        self.assertIn("5 requests answered 401", p)
+        self.assertIn("2 other non-200", p)
+        self.assertIn("no request", bench.bff_load_problem({"bff_refreshes": 0.0}, {"requests": 0.0}))
+
+
 class ReportTests(unittest.TestCase):
     def test_summary_ratios_and_goals(self):
         s = bench.summarize(fake_raw())
@@ -307,7 +489,19 @@ class ReportTests(unittest.TestCase):
         self.assertTrue(goals["chain ≥ 0.85× plain (tiny)"]["met"])
         self.assertTrue(goals["meshgate-plain p99 ≤ nginx p99 + 0.5 ms"]["met"])
         self.assertFalse(goals["meshgate-plain idle-connection memory ≤ nginx's"]["met"])
-        self.assertIsNone(goals["BFF route ≥ 0.7× plain"]["met"])
+        self.assertTrue(goals["BFF route ≥ 0.7× plain (memory sessions, tiny)"]["met"])
+        self.assertFalse(goals["BFF route ≥ 0.7× plain (redis sessions, tiny)"]["met"])
+        self.assertEqual(goals["BFF route ≥ 0.7× plain (redis sessions, 16k)"]["value"], "0.60×")
+        self.assertAlmostEqual(s["ratios"]["meshgate-bff-memory/meshgate-plain tiny"], 0.8)
+        self.assertAlmostEqual(s["ratios"]["meshgate-bff-redis/meshgate-bff-memory tiny"], 0.75)
+        b = s["bff"]
+        self.assertAlmostEqual(b["meshgate-bff-memory added_proxy_cpu_us"], 1e6 / 40e3 - 1e6 / 50e3)
+        self.assertAlmostEqual(b["meshgate-bff-memory added_round_trip_us"], 5.0)
+        self.assertAlmostEqual(b["redis_added_round_trip_us"], 60.0)
+        self.assertAlmostEqual(b["redis_cpu_us"], 7.0)
+        self.assertIn("memory sessions: 0.80× plain (tiny), 0.80× plain (16 KiB), +5.0 µs proxy CPU/req, "
+                      "+5 µs unloaded p50", goals["BFF vs plain"]["value"])
+        self.assertIn("Redis vs memory sessions: +60 µs unloaded p50", goals["BFF vs plain"]["value"])
         self.assertTrue(goals["local rate limit ≥ 0.97× plain (tiny)"]["met"])
         self.assertFalse(goals["jwt ≥ 0.9× plain (tiny)"]["met"])
         g = s["global_rate_limit"]
@@ -326,11 +520,42 @@ class ReportTests(unittest.TestCase):
         self.assertIn("`runtime.access_log` is `true`", md)
         self.assertIn("## Global rate limit: the Redis round trip", md)
         self.assertIn("| meshgate-ratelimit-global/meshgate-ratelimit-local tiny |", md)
+        self.assertIn("## BFF: session cookie → bearer", md)
+        self.assertIn("- meshgate-bff-redis: `bff: { require_login: true }` (`stores.sessions: { backend: redis }`)", md)
+        self.assertIn("- meshgate-bff-memory: 50000 requests during the load, 0 answered 401, 0 not 200 "
+                      "(40 abandoned by the load generator at the end of a run, no answer); "
+                      "0 access-token refreshes in all.", md)
+        self.assertIn("| meshgate-bff-memory/meshgate-plain tiny | 0.800 |", md)
+        self.assertNotIn("**INVALID**", md)
         svg = bench.svg_chart(s)
         xml.dom.minidom.parseString(svg)  # well-formed
         self.assertIn("Throughput relative to nginx", svg)
         n = len(raw["targets"])
         self.assertEqual(svg.count("<rect"), 1 + n * 2 + n * 3 + 2 + 3)
+
+    def test_invalid_bff_target_is_loud(self):
+        raw = fake_raw()
+        raw["targets"]["meshgate-bff-redis"]["invalid"] = "3 access-token refreshes (meshgate_bff_refreshes_total), want 0"
+        s = bench.summarize(raw)
+        goals = {g["goal"]: g for g in s["goals"]}
+        for body in ("tiny", "16k"):
+            g = goals[f"BFF route ≥ 0.7× plain (redis sessions, {body})"]
+            self.assertFalse(g["met"])
+            self.assertTrue(g["value"].startswith("INVALID: 3 access-token refreshes"))
+        self.assertTrue(goals["BFF route ≥ 0.7× plain (memory sessions, tiny)"]["met"])
+        self.assertIn("| meshgate-bff-redis (**INVALID**) |", bench.summary_table(raw, s))
+        self.assertIn("**INVALID**: 3 access-token refreshes", bench.markdown(raw, s, "c.svg"))
+
+    def test_goals_without_bff_targets(self):
+        raw = fake_raw()
+        for name in ("meshgate-bff-memory", "meshgate-bff-redis"):
+            del raw["targets"][name]
+        s = bench.summarize(raw)
+        goals = {g["goal"]: g for g in s["goals"]}
+        self.assertEqual(goals["BFF route ≥ 0.7× plain (memory sessions, tiny)"]["value"], "not measured")
+        self.assertIsNone(goals["BFF route ≥ 0.7× plain (memory sessions, tiny)"]["met"])
+        self.assertNotIn("BFF vs plain", goals)
+        self.assertNotIn("## BFF", bench.markdown(raw, s, "c.svg"))
 
 
 if __name__ == "__main__":
