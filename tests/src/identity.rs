@@ -27,18 +27,7 @@ impl Drop for Identity {
 
 /// The `identity` binary next to the test executable (built by `cargo build -p identity`).
 pub fn identity_bin() -> PathBuf {
-    let mut dir = std::env::current_exe().expect("test exe");
-    dir.pop();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    let bin = dir.join("identity");
-    assert!(
-        bin.exists(),
-        "identity binary not found at {}: run `cargo build -p identity`",
-        bin.display()
-    );
-    bin
+    crate::proc::sibling_bin("identity", "cargo build -p identity`")
 }
 
 impl Identity {

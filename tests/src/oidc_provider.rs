@@ -348,16 +348,12 @@ impl Drop for OidcProvider {
             let _ = self.child.wait();
         }
         if std::thread::panicking() {
-            let logs = self.logs();
-            let lines: Vec<&str> = logs.lines().collect();
-            let tail = &lines[lines.len().saturating_sub(40)..];
-            eprintln!(
-                "--- last {} lines of oidc-provider output (pid {}, {}) ---\n{}",
-                tail.len(),
+            let what = format!(
+                "oidc-provider output (pid {}, {})",
                 self.child.id(),
-                self.issuer(),
-                tail.join("\n")
+                self.issuer()
             );
+            crate::proc::print_tail(&what, &self.logs(), 40);
         }
     }
 }

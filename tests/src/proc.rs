@@ -24,6 +24,15 @@ pub fn meshgate_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("MESHGATE_BIN") {
         return PathBuf::from(bin);
     }
+    sibling_bin(
+        "meshgate",
+        "cargo build -p meshgate` first (or set MESHGATE_BIN)",
+    )
+}
+
+/// The workspace binary `name` built next to the test executable (`target/debug/NAME`);
+/// panics naming `how` to build it when it is missing.
+pub fn sibling_bin(name: &str, how: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("path of the test executable");
     let mut dir = exe
         .parent()
@@ -32,13 +41,25 @@ pub fn meshgate_bin() -> PathBuf {
     if dir.ends_with("deps") {
         dir.pop();
     }
-    let bin = dir.join("meshgate");
+    let bin = dir.join(name);
     assert!(
         bin.exists(),
-        "meshgate binary not found at {}: run `cargo build -p meshgate` first (or set MESHGATE_BIN)",
+        "{name} binary not found at {}: run `{how}",
         bin.display()
     );
     bin
+}
+
+/// Prints the last `n` lines of a child's output under a header naming it: called from
+/// `Drop` while a test panics (the runner shows a failing test's output only).
+pub fn print_tail(what: &str, logs: &str, n: usize) {
+    let lines: Vec<&str> = logs.lines().collect();
+    let tail = &lines[lines.len().saturating_sub(n)..];
+    eprintln!(
+        "--- last {} lines of {what} ---\n{}",
+        tail.len(),
+        tail.join("\n")
+    );
 }
 
 /// A `meshgate run -c FILE` process. Killed on drop.
@@ -292,16 +313,12 @@ impl Drop for Meshgate {
         // A failing test shows what the proxy said (the test runner prints
         // captured output of failed tests only).
         if std::thread::panicking() {
-            let logs = self.logs();
-            let lines: Vec<&str> = logs.lines().collect();
-            let tail = &lines[lines.len().saturating_sub(60)..];
-            eprintln!(
-                "--- last {} lines of meshgate output (pid {}, {}) ---\n{}",
-                tail.len(),
+            let what = format!(
+                "meshgate output (pid {}, {})",
                 self.child.id(),
-                self.config_path.display(),
-                tail.join("\n")
+                self.config_path.display()
             );
+            print_tail(&what, &self.logs(), 60);
         }
     }
 }
