@@ -394,16 +394,11 @@ impl Bff {
             "session_expires_at": record.expires_at,
             "logout_url": format!("{}/logout?sid={}", self.base_path, logout_proof(&handle)),
         });
-        LocalResponse {
-            status: StatusCode::OK,
-            error: None,
-            headers: Vec::new(),
-            body: Some((
-                HeaderValue::from_static("application/json"),
-                Bytes::from(body.to_string()),
-            )),
-            close: false,
-        }
+        answer(
+            StatusCode::OK,
+            "application/json",
+            Bytes::from(body.to_string()),
+        )
     }
 
     async fn backchannel(&self, req: EndpointRequest<'_>, ctx: &mut RequestCtx) -> LocalResponse {
@@ -438,13 +433,7 @@ impl Bff {
             self.stats.ended(EndReason::Backchannel);
         }
         self.stats.backchannel(true);
-        LocalResponse {
-            status: StatusCode::OK,
-            error: None,
-            headers: Vec::new(),
-            body: Some((HeaderValue::from_static("text/plain"), Bytes::new())),
-            close: false,
-        }
+        answer(StatusCode::OK, "text/plain", Bytes::new())
     }
 
     /// Whether the request carries the CSRF header with the value `1`.
@@ -522,28 +511,27 @@ fn header_value(text: &str) -> HeaderValue {
     HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static("/"))
 }
 
-fn redirect(status: StatusCode, location: &str) -> LocalResponse {
-    LocalResponse {
-        status,
-        error: None,
-        headers: vec![(LOCATION, header_value(location))],
-        body: Some((HeaderValue::from_static("text/plain"), Bytes::new())),
-        close: false,
-    }
-}
-
-/// A JSON answer `{"error": code, "request_id": …}` with a status outside the error table.
-fn json(status: StatusCode, code: &str, ctx: &RequestCtx) -> LocalResponse {
+/// A non-error answer (not counted as a local error) with this body, keeping the
+/// connection.
+fn answer(status: StatusCode, content_type: &'static str, body: Bytes) -> LocalResponse {
     LocalResponse {
         status,
         error: None,
         headers: Vec::new(),
-        body: Some((
-            HeaderValue::from_static("application/json"),
-            LocalResponse::json_error_body(code, &ctx.request_id),
-        )),
+        body: Some((HeaderValue::from_static(content_type), body)),
         close: false,
     }
+}
+
+/// A redirect to `location` with an empty body.
+pub(crate) fn redirect(status: StatusCode, location: &str) -> LocalResponse {
+    answer(status, "text/plain", Bytes::new()).with_header(LOCATION, header_value(location))
+}
+
+/// A JSON answer `{"error": code, "request_id": …}` with a status outside the error table.
+fn json(status: StatusCode, code: &str, ctx: &RequestCtx) -> LocalResponse {
+    let body = LocalResponse::json_error_body(code, &ctx.request_id);
+    answer(status, "application/json", body)
 }
 
 #[cfg(test)]

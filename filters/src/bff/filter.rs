@@ -8,11 +8,12 @@
 
 use std::sync::Arc;
 
-use http::header::{AUTHORIZATION, COOKIE, LOCATION};
+use http::header::{AUTHORIZATION, COOKIE};
 use http::{HeaderValue, Method, StatusCode};
 use pingora::http::RequestHeader;
 
 use super::crypto::SessionHandle;
+use super::endpoints::redirect;
 use super::session::{cookie, cookies_without};
 use super::spec::BffFilterSpec;
 use super::{Bff, NoSession};
@@ -72,17 +73,7 @@ impl BffFilter {
                 .map_or("/", |pq| pq.as_str());
             let encoded: String = url::form_urlencoded::byte_serialize(target.as_bytes()).collect();
             let location = format!("{}/login?return_to={encoded}", self.bff.base_path());
-            let mut answer = LocalResponse {
-                status: StatusCode::FOUND,
-                error: None,
-                headers: Vec::new(),
-                body: Some((HeaderValue::from_static("text/plain"), bytes::Bytes::new())),
-                close: false,
-            };
-            if let Ok(v) = HeaderValue::from_str(&location) {
-                answer.headers.push((LOCATION, v));
-            }
-            return Action::Respond(answer);
+            return Action::Respond(redirect(StatusCode::FOUND, &location));
         }
         Action::Respond(self.bff.anonymous(cookie_sent))
     }
