@@ -12,14 +12,13 @@
 
 #![forbid(unsafe_code)]
 
-use axum::extract::{FromRef, Path, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use shop_common::db::Schema;
-use shop_common::{is_currency_code, is_identifier, AppError, Auth, Caller, JsonBody};
-use sqlx::SqlitePool;
+use shop_common::{is_currency_code, is_identifier, AppError, Caller, JsonBody};
 
 /// Service name: the database file is `<data-dir>/catalog.db`.
 pub const SERVICE: &str = "catalog";
@@ -35,20 +34,8 @@ pub const SCHEMA: Schema = Schema(&[(
 /// Highest accepted price: a sanity bound, not a business rule.
 const MAX_PRICE_CENTS: i64 = 100_000_000;
 
-/// What the handlers share.
-#[derive(Clone)]
-pub struct AppState {
-    /// The catalog database.
-    pub db: SqlitePool,
-    /// Verifies callers' tokens.
-    pub auth: Auth,
-}
-
-impl FromRef<AppState> for Auth {
-    fn from_ref(state: &AppState) -> Auth {
-        state.auth.clone()
-    }
-}
+/// What the handlers share: the database and token checks.
+pub use shop_common::ServiceState as AppState;
 
 /// A product as stored and served.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

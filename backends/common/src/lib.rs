@@ -23,6 +23,22 @@ use axum::Json;
 use serde::de::DeserializeOwned;
 
 pub use auth::{Auth, AuthConfig, Caller};
+
+/// The state of a service that needs only its database and token checks (catalog,
+/// inventory, payments): handlers extract the pool, and `Caller` finds the [`Auth`].
+#[derive(Clone)]
+pub struct ServiceState {
+    /// The service's SQLite database.
+    pub db: sqlx::SqlitePool,
+    /// Verifies callers' tokens.
+    pub auth: Auth,
+}
+
+impl axum::extract::FromRef<ServiceState> for Auth {
+    fn from_ref(state: &ServiceState) -> Auth {
+        state.auth.clone()
+    }
+}
 pub use error::AppError;
 pub use server::{parse_args, run, serve, service_router, ServiceArgs, StartError};
 

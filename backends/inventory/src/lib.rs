@@ -35,14 +35,14 @@
 
 use std::collections::HashSet;
 
-use axum::extract::{FromRef, Path, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use shop_common::db::{begin_write, Schema};
-use shop_common::{is_identifier, now_rfc3339, AppError, Auth, Caller, JsonBody};
-use sqlx::{Sqlite, SqlitePool, Transaction};
+use shop_common::{is_identifier, now_rfc3339, AppError, Caller, JsonBody};
+use sqlx::{Sqlite, Transaction};
 
 /// Service name: the database file is `<data-dir>/inventory.db`.
 pub const SERVICE: &str = "inventory";
@@ -58,20 +58,8 @@ const MAX_QUANTITY: i64 = 1000;
 /// Highest stock level an admin may set.
 const MAX_AVAILABLE: i64 = 1_000_000;
 
-/// What the handlers share.
-#[derive(Clone)]
-pub struct AppState {
-    /// The inventory database.
-    pub db: SqlitePool,
-    /// Verifies callers' tokens.
-    pub auth: Auth,
-}
-
-impl FromRef<AppState> for Auth {
-    fn from_ref(state: &AppState) -> Auth {
-        state.auth.clone()
-    }
-}
+/// What the handlers share: the database and token checks.
+pub use shop_common::ServiceState as AppState;
 
 /// Stock of one SKU.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

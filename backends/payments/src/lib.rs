@@ -24,7 +24,7 @@
 
 #![forbid(unsafe_code)]
 
-use axum::extract::{FromRef, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -33,9 +33,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use shop_common::db::{begin_write, Schema};
 use shop_common::{
-    is_currency_code, is_identifier, new_id, now_rfc3339, AppError, Auth, Caller, JsonBody,
+    is_currency_code, is_identifier, new_id, now_rfc3339, AppError, Caller, JsonBody,
 };
-use sqlx::SqlitePool;
 
 /// Service name: the database file is `<data-dir>/payments.db`.
 pub const SERVICE: &str = "payments";
@@ -60,20 +59,8 @@ const MAX_AMOUNT_CENTS: i64 = 100_000_000;
 /// Longest accepted idempotency key.
 const MAX_KEY_LEN: usize = 255;
 
-/// What the handlers share.
-#[derive(Clone)]
-pub struct AppState {
-    /// The payments database.
-    pub db: SqlitePool,
-    /// Verifies callers' tokens.
-    pub auth: Auth,
-}
-
-impl FromRef<AppState> for Auth {
-    fn from_ref(state: &AppState) -> Auth {
-        state.auth.clone()
-    }
-}
+/// What the handlers share: the database and token checks.
+pub use shop_common::ServiceState as AppState;
 
 /// A payment as served.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
