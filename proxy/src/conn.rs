@@ -1,4 +1,5 @@
-//! Downstream connections: the header-read deadline and connection accounting.
+//! Downstream connections: the header-read deadline, idle keep-alive parking and connection
+//! accounting.
 //!
 //! Pingora times out each *read* of a request header, not the header as a whole, so a
 //! client sending one byte every few seconds could hold a connection forever (slowloris).
@@ -9,6 +10,14 @@
 //! checks the shape of the request line there: Pingora quietly percent-escapes a request
 //! target containing spaces (`GET /a b c HTTP/1.1`), which an upstream could read
 //! differently, and we refuse such requests instead.
+//!
+//! Between requests an HTTP/1 connection is *parked*: [`MeshApp`] runs Pingora's keep-alive
+//! loop itself and, before handing the connection to Pingora for the next request, waits for
+//! that request's first bytes with nothing allocated but the transport. Pingora would wait
+//! inside its request future, holding a boxed future and a header buffer for every idle
+//! connection (about 16 KB), and the listener's 64 KiB read buffer is switched off (see
+//! `server.rs`); the bytes read while parked are handed to Pingora's parser from a small
+//! stash, so no request costs an extra system call.
 
 use std::future::Future as _;
 use std::io;
@@ -20,7 +29,8 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use pingora::apps::ServerApp;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora::protocols::http::ServerSession;
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::tls::TlsRef;
 use pingora::protocols::{
@@ -29,6 +39,7 @@ use pingora::protocols::{
 use pingora::protocols::{SocketDigest, TimingDigest};
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
+use std::mem::MaybeUninit;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
@@ -56,7 +67,13 @@ pub struct HeaderDeadline {
     line_spaces: u8,
     line_done: bool,
     line_bad: AtomicBool,
+    /// Bytes read while the connection was parked, not yet handed to Pingora's parser.
+    stash: Vec<u8>,
+    stash_at: usize,
 }
+
+/// Largest read while parked: Pingora's initial request-header buffer.
+const PARK_READ: usize = 4096;
 
 impl HeaderDeadline {
     /// Wraps `inner`; each request header must arrive within `timeout` of its first byte.
@@ -69,6 +86,52 @@ impl HeaderDeadline {
             line_spaces: 0,
             line_done: false,
             line_bad: AtomicBool::new(false),
+            stash: Vec::new(),
+            stash_at: 0,
+        }
+    }
+
+    /// Waits, parked, for the first bytes of the next request and keeps them for the next
+    /// read. Ready with the number of bytes kept: 0 means the client closed the connection.
+    fn poll_first_bytes(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.stash_at < self.stash.len() {
+            return Poll::Ready(Ok(self.stash.len() - self.stash_at));
+        }
+        // A stack buffer: a parked connection holds no read buffer while it waits.
+        let mut space = [MaybeUninit::<u8>::uninit(); PARK_READ];
+        let mut buf = ReadBuf::uninit(&mut space);
+        match Pin::new(&mut self.inner).poll_read(cx, &mut buf) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Ready(Ok(())) => {
+                let got = buf.filled();
+                self.arrived(cx, got);
+                self.stash.clear();
+                self.stash.extend_from_slice(got);
+                self.stash_at = 0;
+                Poll::Ready(Ok(got.len()))
+            }
+        }
+    }
+
+    /// Bookkeeping for bytes read from the client: the first bytes of a request start its
+    /// header deadline, and the request line is checked as it arrives.
+    fn arrived(&mut self, cx: &mut Context<'_>, new: &[u8]) {
+        if self.phase.load(Ordering::Relaxed) == IDLE && !new.is_empty() {
+            if new.starts_with(b"PRI * HTTP/2") {
+                self.phase.store(OFF, Ordering::Relaxed);
+            } else {
+                self.phase.store(HEADER, Ordering::Relaxed);
+                self.sleep.as_mut().reset(Instant::now() + self.timeout);
+                // Register the timer with this task so a stalled client still wakes us.
+                let _ = self.sleep.as_mut().poll(cx);
+                self.line_spaces = 0;
+                self.line_done = false;
+                self.line_bad.store(false, Ordering::Relaxed);
+            }
+        }
+        if !self.line_done && self.phase.load(Ordering::Relaxed) == HEADER {
+            self.scan_request_line(new);
         }
     }
 
@@ -133,8 +196,19 @@ impl AsyncRead for HeaderDeadline {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let phase = this.phase.load(Ordering::Relaxed);
-        if phase == HEADER && this.sleep.as_mut().poll(cx).is_ready() {
+        if this.stash_at < this.stash.len() {
+            // Bytes read while parked: already accounted for by `arrived`.
+            let n = buf.remaining().min(this.stash.len() - this.stash_at);
+            buf.put_slice(&this.stash[this.stash_at..this.stash_at + n]);
+            this.stash_at += n;
+            if this.stash_at == this.stash.len() {
+                // Nothing is kept between requests.
+                this.stash = Vec::new();
+                this.stash_at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        if this.phase.load(Ordering::Relaxed) == HEADER && this.sleep.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "request header not received within header_read_timeout",
@@ -143,23 +217,7 @@ impl AsyncRead for HeaderDeadline {
         let before = buf.filled().len();
         let res = Pin::new(&mut this.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = &res {
-            let new = &buf.filled()[before..];
-            if phase == IDLE && !new.is_empty() {
-                if new.starts_with(b"PRI * HTTP/2") {
-                    this.phase.store(OFF, Ordering::Relaxed);
-                } else {
-                    this.phase.store(HEADER, Ordering::Relaxed);
-                    this.sleep.as_mut().reset(Instant::now() + this.timeout);
-                    // Register the timer with this task so a stalled client still wakes us.
-                    let _ = this.sleep.as_mut().poll(cx);
-                    this.line_spaces = 0;
-                    this.line_done = false;
-                    this.line_bad.store(false, Ordering::Relaxed);
-                }
-            }
-            if !this.line_done && this.phase.load(Ordering::Relaxed) == HEADER {
-                this.scan_request_line(&buf.filled()[before..]);
-            }
+            this.arrived(cx, &buf.filled()[before..]);
         }
         res
     }
@@ -253,8 +311,8 @@ impl Peek for HeaderDeadline {
     }
 }
 
-/// The listener application: accounts connections, installs the header deadline, then hands
-/// the connection to Pingora's HTTP proxy.
+/// The listener application: accounts connections, installs the header deadline, parks idle
+/// HTTP/1 connections between requests and hands each request to Pingora's HTTP proxy.
 pub struct MeshApp {
     proxy: Arc<HttpProxy<MeshProxy>>,
     runtime: Arc<ArcSwap<Runtime>>,
@@ -267,6 +325,33 @@ impl MeshApp {
             proxy: Arc::new(proxy),
             runtime,
         }
+    }
+
+    /// Waits for the next request's first bytes on an idle connection. False when the
+    /// connection should close instead: the client closed it or failed, it stayed idle for
+    /// `runtime.idle_timeout`, or the server is shutting down.
+    async fn park(&self, conn: &mut HeaderDeadline, shutdown: &ShutdownWatch) -> bool {
+        if *shutdown.borrow() {
+            return false;
+        }
+        let first = std::future::poll_fn(|cx| conn.poll_first_bytes(cx));
+        let mut first = std::pin::pin!(first);
+        // Under load the next request is usually there already: no timer for that case.
+        let ready = std::future::poll_fn(|cx| Poll::Ready(first.as_mut().poll(cx))).await;
+        let got = match ready {
+            Poll::Ready(got) => got,
+            Poll::Pending => {
+                let idle = self.runtime.load().limits.idle_timeout;
+                let mut stop = shutdown.clone();
+                tokio::select! {
+                    biased;
+                    got = first => got,
+                    _ = stop.changed() => return false,
+                    _ = tokio::time::sleep(idle) => return false,
+                }
+            }
+        };
+        matches!(got, Ok(n) if n > 0)
     }
 }
 
@@ -294,13 +379,44 @@ impl ServerApp for MeshApp {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let _guard = ConnGuard::start();
-        let stream: Stream = if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            stream
-        } else {
-            let timeout = self.runtime.load().spec.runtime.header_read_timeout.get();
-            Box::new(HeaderDeadline::new(stream, timeout))
-        };
-        self.proxy.process_new(stream, shutdown).await
+        let h2c = self.proxy.server_options.as_ref().is_some_and(|o| o.h2c);
+        if h2c || matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            // HTTP/2 (negotiated, or possibly prior knowledge on an h2c listener): Pingora's
+            // own connection handling, which multiplexes.
+            return self.proxy.process_new(stream, shutdown).await;
+        }
+        let timeout = self.runtime.load().spec.runtime.header_read_timeout.get();
+        let mut conn = Box::new(HeaderDeadline::new(stream, timeout));
+        // Pingora's keep-alive loop for HTTP/1 (`ServerApp for HttpServerApp`), with a parked
+        // wait before each request.
+        let mut settings: Option<HttpPersistentSettings> = None;
+        loop {
+            if !self.park(&mut conn, shutdown).await {
+                return None;
+            }
+            let mut session = ServerSession::new_http1(conn);
+            match settings.take() {
+                Some(s) => s.apply_to_session(&mut session),
+                None => {
+                    // The proxy sets each request's keep-alive from `runtime.idle_timeout`.
+                    session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+                    session.set_keepalive_reuses_remaining(
+                        self.proxy
+                            .server_options
+                            .as_ref()
+                            .and_then(|o| o.keepalive_request_limit),
+                    );
+                }
+            }
+            let reused = self.proxy.process_new_http(session, shutdown).await?;
+            let (stream, next) = reused.consume();
+            settings = next;
+            conn = match stream.into_any().downcast::<HeaderDeadline>() {
+                Ok(c) => c,
+                // Not possible: the session gives back the transport it was given.
+                Err(_) => return None,
+            };
+        }
     }
 
     async fn cleanup(&self) {

@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::apps::http_app::HttpServer;
 use pingora::apps::HttpServerOptions;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
@@ -209,15 +210,18 @@ pub fn run(path: &Path) -> Result<(), Vec<ConfigError>> {
             format!("listener {}", l.name),
             MeshApp::new(proxy, runtime.clone()),
         );
-        match &l.tls {
-            Some(t) => {
-                let (settings, resolver) = crate::tls::settings(t, l.mtls.as_ref(), base)
-                    .map_err(|m| vec![ConfigError::new(format!("listeners.{}.tls", l.name), m)])?;
-                resolvers.push(resolver);
-                svc.add_tls_with_settings(&l.address, None, settings);
-            }
-            None => svc.add_tcp(&l.address),
+        // No 64 KiB read buffer per connection: `MeshApp` parks idle connections and reads
+        // each request's first bytes itself (see `conn.rs`), and Pingora's header reads need
+        // no buffer under them.
+        let mut endpoint =
+            ListenerConfig::tcp(l.address.as_str()).l4_buffer(L4BufferSettings::default().read(0));
+        if let Some(t) = &l.tls {
+            let (settings, resolver) = crate::tls::settings(t, l.mtls.as_ref(), base)
+                .map_err(|m| vec![ConfigError::new(format!("listeners.{}.tls", l.name), m)])?;
+            resolvers.push(resolver);
+            endpoint = endpoint.tls(settings);
         }
+        svc.add_listener(endpoint);
         if let Ok(a) = l.address.parse() {
             addrs.push(a);
         }

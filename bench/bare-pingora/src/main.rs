@@ -29,6 +29,11 @@ use pingora::prelude::*;
 use pingora::proxy::{http_proxy_service, ProxyHttp, Session};
 use pingora::server::configuration::ServerConf;
 
+/// The same global allocator as the `meshgate` binary, so the baseline differs from meshgate
+/// only in meshgate's own code.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Forwards everything to one upstream over Pingora's pooled keep-alive connections.
 struct Bare {
     upstream: SocketAddr,
