@@ -1762,6 +1762,10 @@ def markdown(raw: dict, summary: dict, chart_name: str) -> str:
         f"cluster has a circuit breaker). Metrics are on and `runtime.access_log` is "
         f"`{'true' if raw.get('access_log', True) else 'false'}` for all of them: the JSON access log is formatted "
         "and written as in production, to /dev/null. nginx and HAProxy run without access logs.",
+        "- Allocator: meshgate and bare-pingora are both built with mimalloc as the global allocator (the "
+        "`meshgate` binary ships with it); the bare-pingora baseline otherwise keeps Pingora's defaults, including "
+        "its 64 KiB per-connection read buffer, which meshgate turns off for its listeners (it parks idle "
+        "keep-alive connections and reads each request's first bytes itself).",
         f"- meshgate-chain filters, in order: {', '.join(chain_filter_names(raw['chain_filters']))}; cluster: "
         f"{', '.join(chain_filter_names(raw.get('chain_cluster', [])) or ['no extra settings'])}.",
         "- jwt targets: an RSA-2048 key pair made with openssl at start; one RS256 token (iss, aud, sub, iat, exp; "

@@ -41,6 +41,8 @@ use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use std::mem::MaybeUninit;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::futures::Notified;
+use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
 use crate::metrics::METRICS;
@@ -316,6 +318,9 @@ impl Peek for HeaderDeadline {
 pub struct MeshApp {
     proxy: Arc<HttpProxy<MeshProxy>>,
     runtime: Arc<ArcSwap<Runtime>>,
+    /// Set, and `closing_now` notified, when the listener shuts down: parked connections close.
+    closing: AtomicBool,
+    closing_now: Notify,
 }
 
 impl MeshApp {
@@ -324,14 +329,27 @@ impl MeshApp {
         Self {
             proxy: Arc::new(proxy),
             runtime,
+            closing: AtomicBool::new(false),
+            closing_now: Notify::new(),
         }
     }
 
     /// Waits for the next request's first bytes on an idle connection. False when the
     /// connection should close instead: the client closed it or failed, it stayed idle for
     /// `runtime.idle_timeout`, or the server is shutting down.
-    async fn park(&self, conn: &mut HeaderDeadline, shutdown: &ShutdownWatch) -> bool {
-        if *shutdown.borrow() {
+    ///
+    /// `closing` and `idle` live as long as the connection, so a park costs no timer or
+    /// waiter registration of its own: the idle deadline is pushed back only once it has
+    /// fallen 1/16 of the timeout behind (a connection closes after between 15/16 of the
+    /// timeout and the whole of it without a request).
+    async fn park(
+        &self,
+        conn: &mut HeaderDeadline,
+        shutdown: &ShutdownWatch,
+        mut closing: Pin<&mut Notified<'_>>,
+        mut idle: Pin<&mut Sleep>,
+    ) -> bool {
+        if *shutdown.borrow() || self.closing.load(Ordering::Acquire) {
             return false;
         }
         let first = std::future::poll_fn(|cx| conn.poll_first_bytes(cx));
@@ -341,13 +359,16 @@ impl MeshApp {
         let got = match ready {
             Poll::Ready(got) => got,
             Poll::Pending => {
-                let idle = self.runtime.load().limits.idle_timeout;
-                let mut stop = shutdown.clone();
+                let timeout = self.runtime.load().limits.idle_timeout;
+                let now = Instant::now();
+                if idle.deadline() < now + timeout - timeout / 16 {
+                    idle.as_mut().reset(now + timeout);
+                }
                 tokio::select! {
                     biased;
                     got = first => got,
-                    _ = stop.changed() => return false,
-                    _ = tokio::time::sleep(idle) => return false,
+                    () = closing.as_mut() => return false,
+                    () = idle.as_mut() => return false,
                 }
             }
         };
@@ -390,8 +411,14 @@ impl ServerApp for MeshApp {
         // Pingora's keep-alive loop for HTTP/1 (`ServerApp for HttpServerApp`), with a parked
         // wait before each request.
         let mut settings: Option<HttpPersistentSettings> = None;
+        let mut closing = std::pin::pin!(self.closing_now.notified());
+        // Elapsed until the first park that has to wait sets it.
+        let mut idle = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
         loop {
-            if !self.park(&mut conn, shutdown).await {
+            if !self
+                .park(&mut conn, shutdown, closing.as_mut(), idle.as_mut())
+                .await
+            {
                 return None;
             }
             let mut session = ServerSession::new_http1(conn);
@@ -420,6 +447,8 @@ impl ServerApp for MeshApp {
     }
 
     async fn cleanup(&self) {
+        self.closing.store(true, Ordering::Release);
+        self.closing_now.notify_waiters();
         self.proxy.cleanup().await;
     }
 }

@@ -948,11 +948,11 @@ impl ProxyHttp for MeshProxy {
         let elapsed = ctx.req.started.elapsed();
         let route = ctx.route_name();
         let cluster = ctx.cluster_name();
-        let status_label = StatusCode::from_u16(status)
-            .map_or_else(|_| "0".to_string(), |s| s.as_str().to_string());
+        let code = StatusCode::from_u16(status).ok();
+        let status_label = code.as_ref().map_or("0", StatusCode::as_str);
         METRICS
             .requests
-            .with_label_values(&[route, cluster, status_label.as_str()])
+            .with_label_values(&[route, cluster, status_label])
             .inc();
         METRICS
             .duration
