@@ -2,9 +2,9 @@
 //!
 //! - a connection idle for `runtime.idle_timeout` is closed, whether it has served a
 //!   request or never sent a byte, and not much earlier;
-//! - requests that arrive in pieces, headers larger than the parked read, back-to-back
-//!   requests on one connection and two requests in one write are all answered (or the
-//!   connection is closed cleanly), never left hanging;
+//! - requests that arrive in pieces, headers larger than the parked read and back-to-back
+//!   requests on one connection are answered; of two requests in one write the first is
+//!   answered and the connection closed, never left hanging;
 //! - idle connections are closed at the start of a graceful shutdown;
 //! - an idle connection costs a bounded amount of memory.
 
@@ -152,8 +152,8 @@ async fn requests_in_pieces_large_headers_and_back_to_back_requests_are_served()
         );
     }
 
-    // Two requests in one write: the first is answered; the second is answered too or the
-    // connection is closed, but never left waiting.
+    // Two requests in one write (pipelining, which is not enabled): the first is answered,
+    // then the connection is closed rather than left waiting (docs/architecture.md).
     let mut two = get("/first");
     two.extend_from_slice(&get("/second"));
     conn.write_all(&two).await.expect("write");
@@ -161,17 +161,12 @@ async fn requests_in_pieces_large_headers_and_back_to_back_requests_are_served()
         read_response(&mut conn, Duration::from_secs(5)).await,
         Some(200)
     );
-    let second = read_response(&mut conn, Duration::from_secs(5)).await;
-    if second.is_none() {
-        assert!(
-            closed_within(&mut conn, Duration::from_millis(100))
-                .await
-                .is_some(),
-            "second pipelined request neither answered nor the connection closed in 5 s"
-        );
-    } else {
-        assert_eq!(second, Some(200));
-    }
+    assert!(
+        closed_within(&mut conn, Duration::from_secs(5))
+            .await
+            .is_some(),
+        "connection still open 5 s after a pipelined pair's first answer"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
