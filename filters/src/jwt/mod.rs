@@ -51,7 +51,7 @@ pub(crate) use fetch::get_document as fetch_document;
 
 pub(crate) use provider::unix_now;
 use provider::Verdict;
-use token::{bearer_token, parse_header, token_digest};
+use token::{bearer_candidate, bearer_token, parse_header, token_digest};
 
 use crate::{Action, ErrorKind, Filter, LocalResponse, RequestCtx, RequestView, SpecError, Step};
 
@@ -184,18 +184,30 @@ impl Filter for JwtFilter {
     fn request_filter<'a>(&'a self, req: RequestView<'a>, ctx: &'a mut RequestCtx) -> Step<'a> {
         // After a `bff` filter, the session's access token is the credential; the
         // client's own `Authorization` header is not trusted on such routes.
-        let token: std::borrow::Cow<'a, str> =
-            match ctx.extensions.get::<crate::bff::SessionBearer>() {
-                Some(session) => std::borrow::Cow::Owned(session.token().to_string()),
-                None => match bearer_token(&req.header.headers) {
-                    Ok(token) => std::borrow::Cow::Borrowed(token),
-                    Err(reason) => return Step::Done(self.reject(reason, ctx)),
-                },
-            };
-        let digest = token_digest(&token);
+        let session_token = ctx
+            .extensions
+            .get::<crate::bff::SessionBearer>()
+            .map(|session| session.token().to_string());
+        let candidate: &[u8] = match &session_token {
+            Some(token) => token.as_bytes(),
+            None => match bearer_candidate(&req.header.headers) {
+                Ok(candidate) => candidate,
+                Err(reason) => return Step::Done(self.reject(reason, ctx)),
+            },
+        };
+        let digest = token_digest(candidate);
         if let Some(identity) = self.provider.cached(&digest, unix_now()) {
+            // Verified before, so it passed every check below then: same bytes, same hash.
             return Step::Done(self.admit(identity, ctx));
         }
+        let token: std::borrow::Cow<'a, str> = match session_token {
+            Some(token) => std::borrow::Cow::Owned(token),
+            // First sight of this token: every check.
+            None => match bearer_token(&req.header.headers) {
+                Ok(token) => std::borrow::Cow::Borrowed(token),
+                Err(reason) => return Step::Done(self.reject(reason, ctx)),
+            },
+        };
         let header = match parse_header(&token, self.provider.algorithms()) {
             Ok(header) => header,
             Err(reason) => return Step::Done(self.reject(reason, ctx)),

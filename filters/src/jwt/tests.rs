@@ -448,3 +448,29 @@ async fn with_no_keys_ever_loaded_requests_fail_closed() {
     ));
     assert!(!f.provider().has_keys());
 }
+
+#[test]
+fn a_cached_token_with_bytes_added_or_changed_is_checked_again_and_refused() {
+    let f = filter(JwtSpec::new("main"));
+    let good = es256(&claims());
+    let (action, _) = decide(&f, &request(Some(&bearer(&good))));
+    assert!(matches!(action, Action::Continue), "{action:?}");
+    // Cached now: the same token is admitted without the byte check...
+    let (action, _) = decide(&f, &request(Some(&bearer(&good))));
+    assert!(matches!(action, Action::Continue), "{action:?}");
+    // ...but any other bytes are a different cache key, and get every check.
+    for odd in [
+        format!("{good}="),
+        format!("{good} x"),
+        format!("{good},{good}"),
+        good.replacen('.', "..", 1),
+    ] {
+        let (action, ctx) = decide(&f, &request(Some(&bearer(&odd))));
+        let (status, _, reason) = refusal(action, &ctx);
+        assert_eq!(status, 401, "{odd}");
+        assert!(
+            matches!(reason, FailureReason::Malformed),
+            "{odd}: {reason:?}"
+        );
+    }
+}

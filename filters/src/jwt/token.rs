@@ -45,6 +45,14 @@ static JWS_BYTE: [bool; 256] = {
 /// headers, an oversized value, an empty token or a character outside base64url and `.`
 /// is [`FailureReason::Malformed`].
 pub(crate) fn bearer_token(headers: &HeaderMap) -> Result<&str, FailureReason> {
+    checked_token(bearer_candidate(headers)?)
+}
+
+/// The bytes after the scheme of the request's one `Authorization: Bearer` header, with
+/// every check of [`bearer_token`] except the byte check ([`checked_token`]). The jwt filter
+/// looks a candidate up in its verified-token cache first: a hit is a token that passed
+/// every check when it was verified, so only a miss needs the byte check.
+pub(crate) fn bearer_candidate(headers: &HeaderMap) -> Result<&[u8], FailureReason> {
     let mut values = headers.get_all(AUTHORIZATION).iter();
     let value = match (values.next(), values.next()) {
         (None, _) => return Err(FailureReason::MissingToken),
@@ -64,18 +72,26 @@ pub(crate) fn bearer_token(headers: &HeaderMap) -> Result<&str, FailureReason> {
         return Err(FailureReason::MissingToken);
     }
     let token = rest.trim_ascii();
-    // A compact JWS is base64url segments joined by dots; anything else (padding,
-    // spaces, a second credential) is not a token we could verify.
-    if token.is_empty() || !token.iter().all(|&b| JWS_BYTE[usize::from(b)]) {
+    if token.is_empty() {
         return Err(FailureReason::Malformed);
     }
-    std::str::from_utf8(token).map_err(|_| FailureReason::Malformed)
+    Ok(token)
+}
+
+/// `candidate` as a token, if it is made of a compact JWS's bytes: base64url segments joined
+/// by dots. Anything else (padding, spaces, a second credential) is not a token we could
+/// verify, and is [`FailureReason::Malformed`].
+pub(crate) fn checked_token(candidate: &[u8]) -> Result<&str, FailureReason> {
+    if candidate.is_empty() || !candidate.iter().all(|&b| JWS_BYTE[usize::from(b)]) {
+        return Err(FailureReason::Malformed);
+    }
+    std::str::from_utf8(candidate).map_err(|_| FailureReason::Malformed)
 }
 
 /// SHA-256 of the token: the verified-token cache key. A cryptographic hash, because a
 /// collision would hand one caller another's identity.
-pub(crate) fn token_digest(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
+pub(crate) fn token_digest(token: &[u8]) -> [u8; 32] {
+    Sha256::digest(token).into()
 }
 
 /// What the JWS header says about how to verify the token.
@@ -475,7 +491,7 @@ mod tests {
 
     #[test]
     fn digests_differ_per_token() {
-        assert_ne!(token_digest("a.b.c"), token_digest("a.b.d"));
-        assert_eq!(token_digest("a.b.c"), token_digest("a.b.c"));
+        assert_ne!(token_digest(b"a.b.c"), token_digest(b"a.b.d"));
+        assert_eq!(token_digest(b"a.b.c"), token_digest(b"a.b.c"));
     }
 }
