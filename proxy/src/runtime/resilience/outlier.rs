@@ -1,7 +1,12 @@
 //! Outlier ejection: an endpoint that answers 5xx (or refuses connections) `consecutive_5xx`
-//! times in a row is taken out of load balancing for `base_ejection × times ejected`
-//! (capped at 300 s), while never ejecting more than `max_ejection_percent` of the cluster
-//! — at least one endpoint may always be ejected, as in Envoy.
+//! times in a row is taken out of load balancing for `base_ejection × n` (capped at 300 s),
+//! while never ejecting more than `max_ejection_percent` of the cluster — at least one
+//! endpoint may always be ejected, as in Envoy.
+//!
+//! `n` counts recent ejections: each ejection adds one, and each whole `base_ejection` the
+//! endpoint has since spent back in rotation takes one away (Envoy lowers its ejection
+//! multiplier the same way for hosts that stay healthy). An endpoint that failed once a
+//! week ago is not punished as if it had just failed repeatedly.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -52,6 +57,19 @@ impl OutlierState {
         until != 0 && (since_epoch(now).as_nanos() as u64) < until
     }
 
+    /// Ejections that still count at `now`: the ones recorded, less one for each whole
+    /// `base_ejection` since the last ejection ended.
+    fn recent_ejections(&self, policy: &OutlierPolicy, now: Instant) -> u32 {
+        let times = self.times_ejected.load(Ordering::Relaxed);
+        let last_until = self.ejected_until.load(Ordering::Relaxed);
+        if times == 0 || last_until == 0 {
+            return times;
+        }
+        let back_for = (since_epoch(now).as_nanos() as u64).saturating_sub(last_until);
+        let periods = back_for / (policy.base.as_nanos() as u64).max(1);
+        times.saturating_sub(u32::try_from(periods).unwrap_or(u32::MAX))
+    }
+
     /// Records a non-5xx answer.
     pub fn record_success(&self) {
         self.consecutive.store(0, Ordering::Relaxed);
@@ -73,7 +91,8 @@ impl OutlierState {
         if currently_ejected >= policy.max_ejected(n) {
             return None;
         }
-        let times = self.times_ejected.fetch_add(1, Ordering::Relaxed) + 1;
+        let times = self.recent_ejections(policy, now) + 1;
+        self.times_ejected.store(times, Ordering::Relaxed);
         let duration = (policy.base * times).min(MAX_EJECTION);
         let until = since_epoch(now + duration).as_nanos() as u64;
         self.ejected_until.store(until.max(1), Ordering::Relaxed);
@@ -116,6 +135,26 @@ mod tests {
             s.record_failure(&p, t1, 0, 4),
             Some(Duration::from_secs(20))
         );
+    }
+
+    #[test]
+    fn time_back_in_rotation_shortens_the_next_ejection() {
+        let p = policy(50);
+        let s = OutlierState::default();
+        let eject = |t: Instant| {
+            s.record_failure(&p, t, 0, 4);
+            s.record_failure(&p, t, 0, 4);
+            s.record_failure(&p, t, 0, 4)
+        };
+        let t0 = Instant::now();
+        let secs = Duration::from_secs;
+        assert_eq!(eject(t0), Some(secs(10)));
+        // Back at 10 s, failing again at once: the second ejection in a row.
+        assert_eq!(eject(t0 + secs(10)), Some(secs(20)));
+        // Back at 30 s, then 19 s in rotation: one whole period, one ejection forgiven.
+        assert_eq!(eject(t0 + secs(49)), Some(secs(20)));
+        // Back at 69 s, then an hour in rotation: as if it had never failed.
+        assert_eq!(eject(t0 + secs(69 + 3600)), Some(secs(10)));
     }
 
     #[test]
