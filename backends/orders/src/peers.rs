@@ -64,6 +64,19 @@ struct PaymentAnswer {
     payment_id: String,
 }
 
+/// What orders reads of `GET /payments?order_id=`.
+#[derive(Deserialize)]
+struct PaymentList {
+    payments: Vec<PaymentEntry>,
+}
+
+/// One payment of [`PaymentList`].
+#[derive(Deserialize)]
+struct PaymentEntry {
+    payment_id: String,
+    status: String,
+}
+
 #[derive(Deserialize)]
 struct ErrorAnswer {
     error: String,
@@ -199,6 +212,24 @@ impl Peers {
             )
             .await?;
         Ok(answer.payment_id)
+    }
+
+    /// Ids of the payments for `order_id` that are still `authorized`.
+    pub async fn authorized_payments(
+        &self,
+        fwd: &Forward,
+        order_id: &str,
+    ) -> Result<Vec<String>, CallError> {
+        let path = format!("/payments?order_id={order_id}");
+        let list: PaymentList = self
+            .call("payments", Method::GET, &path, fwd, None, None)
+            .await?;
+        Ok(list
+            .payments
+            .into_iter()
+            .filter(|p| p.status == "authorized")
+            .map(|p| p.payment_id)
+            .collect())
     }
 
     /// Refunds a payment (idempotent).

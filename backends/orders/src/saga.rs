@@ -10,14 +10,18 @@
 //! | inventory: other refusal            | —                                  | `inventory_unavailable` |
 //! | inventory: no answer                | release (it may have reserved)     | `inventory_unavailable` |
 //! | payments: `payment_declined`        | release                            | `payment_declined`      |
-//! | payments: anything else             | release                            | `payment_unavailable`   |
+//! | payments: other refusal             | release                            | `payment_unavailable`   |
+//! | payments: no answer                 | refund any charge made, release    | `payment_unavailable`   |
 //! | inventory commit                    | refund, then release               | `inventory_unavailable` |
 //!
 //! Every call is idempotent on the order id (reservation id, payment
 //! `Idempotency-Key`), so retries by the sidecar never act twice, and a release
 //! of a reservation that never arrived is remembered by inventory so a late
-//! reserve cannot take stock. Compensations are best effort: a failure is
-//! logged and the order still ends `failed`.
+//! reserve cannot take stock. When payments gave no answer (a timeout, a reset,
+//! a 5xx), the charge may still have been made, its answer lost: orders asks
+//! payments for the order's charges and refunds those still authorized.
+//! Compensations are best effort: a failure is logged and the order still ends
+//! `failed`.
 
 use std::collections::HashSet;
 
@@ -221,6 +225,9 @@ async fn run_steps(peers: &Peers, fwd: &Forward, order: &Order) -> Result<String
         Ok(payment_id) => payment_id,
         Err(e) => {
             tracing::warn!(order = %order.id, error = %e, "payment failed");
+            if matches!(e, CallError::Unavailable { .. }) {
+                refund_any_charge(peers, fwd, order).await;
+            }
             release(peers, fwd, order).await;
             return Err(if e.is_rejection("payment_declined") {
                 "payment_declined"
@@ -239,6 +246,27 @@ async fn run_steps(peers: &Peers, fwd: &Forward, order: &Order) -> Result<String
         return Err("inventory_unavailable");
     }
     Ok(payment_id)
+}
+
+/// Refunds every charge payments holds for `order` (after a call whose answer was lost).
+async fn refund_any_charge(peers: &Peers, fwd: &Forward, order: &Order) {
+    let ids = match peers.authorized_payments(fwd, &order.id).await {
+        Ok(ids) => ids,
+        Err(e) => {
+            tracing::error!(order = %order.id, error = %e, "compensation failed: could not look up charges");
+            return;
+        }
+    };
+    for id in ids {
+        match peers.refund(fwd, &id).await {
+            Ok(()) => {
+                tracing::info!(order = %order.id, payment = %id, "charge made without an answer refunded")
+            }
+            Err(e) => {
+                tracing::error!(order = %order.id, payment = %id, error = %e, "compensation failed: refund")
+            }
+        }
+    }
 }
 
 async fn release(peers: &Peers, fwd: &Forward, order: &Order) {

@@ -44,6 +44,9 @@ struct Outbound {
     modes: Mutex<HashMap<&'static str, Mode>>,
     /// Requests whose path ends with one of these get 503 (even when Up).
     failing_suffixes: Mutex<Vec<String>>,
+    /// Requests with one of these (method, path) are carried out by the app, but the
+    /// answer is lost: the caller gets 504 (a timeout after the work was done).
+    lost_answers: Mutex<Vec<(String, String)>>,
     seen: Mutex<Vec<Seen>>,
 }
 
@@ -79,6 +82,12 @@ async fn dispatch(State(out): State<Arc<Outbound>>, request: Request) -> Respons
         .expect("lock")
         .iter()
         .any(|s| seen.path.ends_with(s.as_str()));
+    let lost = out
+        .lost_answers
+        .lock()
+        .expect("lock")
+        .iter()
+        .any(|(method, path)| *method == seen.method && *path == seen.path);
     out.seen.lock().expect("lock").push(seen);
     match mode {
         Mode::Down => StatusCode::SERVICE_UNAVAILABLE.into_response(),
@@ -87,6 +96,10 @@ async fn dispatch(State(out): State<Arc<Outbound>>, request: Request) -> Respons
             StatusCode::GATEWAY_TIMEOUT.into_response()
         }
         Mode::Up if failing => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+        Mode::Up if lost => {
+            let _done = app.oneshot(request).await;
+            StatusCode::GATEWAY_TIMEOUT.into_response()
+        }
         Mode::Up => app.oneshot(request).await.into_response(),
     }
 }
@@ -152,6 +165,7 @@ impl Mesh {
             apps,
             modes: Mutex::new(HashMap::new()),
             failing_suffixes: Mutex::new(Vec::new()),
+            lost_answers: Mutex::new(Vec::new()),
             seen: Mutex::new(Vec::new()),
         });
         let outbound =
@@ -416,6 +430,27 @@ async fn a_failed_commit_refunds_and_releases() {
         mesh.charges(&order.id).await,
         (1, 1),
         "charged once, refunded"
+    );
+    assert_eq!(mesh.stock("MUG-ENAMEL").await, (25, 0, 0));
+}
+
+#[tokio::test]
+async fn a_charge_whose_answer_was_lost_is_refunded() {
+    let mesh = Mesh::start().await;
+    mesh.out
+        .lost_answers
+        .lock()
+        .expect("lock")
+        .push(("POST".into(), "/payments".into()));
+    let (_, order) = mesh
+        .order(json!([{ "sku": "MUG-ENAMEL", "quantity": 2 }]))
+        .await;
+    assert_eq!(order.status, "failed");
+    assert_eq!(order.reason.as_deref(), Some("payment_unavailable"));
+    assert_eq!(
+        mesh.charges(&order.id).await,
+        (1, 1),
+        "the charge made without an answer is refunded"
     );
     assert_eq!(mesh.stock("MUG-ENAMEL").await, (25, 0, 0));
 }
