@@ -24,6 +24,8 @@ const REASON_BANNER = {
   inventory_unavailable:
     'Stock could not be checked right now — your order was not placed and nothing was charged. Please try again shortly.',
   unknown_product: 'One of the products in your cart no longer exists — please remove it and try again.',
+  interrupted:
+    'Your checkout was interrupted before it finished — the order was cancelled, nothing was charged and the stock was released.',
 };
 const REASON_SHORT = {
   payment_unavailable: 'Payments were unavailable; you were not charged.',
@@ -31,6 +33,7 @@ const REASON_SHORT = {
   insufficient_stock: 'Not enough stock; you were not charged.',
   inventory_unavailable: 'Stock check unavailable; you were not charged.',
   unknown_product: 'A product no longer exists; you were not charged.',
+  interrupted: 'Checkout interrupted; cancelled, you were not charged.',
 };
 
 const SERVICE_LABEL = {

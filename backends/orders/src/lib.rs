@@ -9,6 +9,10 @@
 //! - `GET /orders` → 200 `[Order]`, the caller's own (by `sub`), newest first;
 //! - `GET /orders/{id}` → 200 `Order`; 404 `not_found`, also for another
 //!   caller's order.
+//!
+//! An order still `pending` long after it was placed had its saga cut off (orders
+//! stopped mid-checkout). Reading it resolves it with the reader's credentials, from
+//! what inventory and payments hold for it (see [`saga::recover`]).
 
 #![forbid(unsafe_code)]
 
@@ -79,17 +83,50 @@ async fn create(
     Ok(response)
 }
 
-async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Vec<Order>>, AppError> {
-    Ok(Json(store::list(&state.db, &caller.sub).await?))
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+) -> Result<Json<Vec<Order>>, AppError> {
+    let mut orders = store::list(&state.db, &caller.sub).await?;
+    resolve_stale(&state, &caller, &headers, &mut orders).await?;
+    Ok(Json(orders))
 }
 
 async fn fetch(
     State(state): State<AppState>,
     caller: Caller,
+    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Order>, AppError> {
-    store::get(&state.db, &caller.sub, &id)
+    let mut order = store::get(&state.db, &caller.sub, &id)
         .await?
-        .map(Json)
-        .ok_or_else(|| AppError::NotFound(format!("no order {id}")))
+        .ok_or_else(|| AppError::NotFound(format!("no order {id}")))?;
+    resolve_stale(&state, &caller, &headers, std::slice::from_mut(&mut order)).await?;
+    Ok(Json(order))
+}
+
+/// Most cut-off orders one read resolves, so a read stays quick.
+const RESOLVE_PER_READ: usize = 5;
+
+/// Resolves the stale `pending` orders among `orders` (see [`saga::recover`]).
+async fn resolve_stale(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    orders: &mut [Order],
+) -> Result<(), AppError> {
+    let now = std::time::SystemTime::now();
+    if !orders.iter().any(|o| saga::is_stale(o, now)) {
+        return Ok(());
+    }
+    let fwd = peers::Forward::new(&caller.authorization(), headers).map_err(AppError::Internal)?;
+    for order in orders
+        .iter_mut()
+        .filter(|o| saga::is_stale(o, now))
+        .take(RESOLVE_PER_READ)
+    {
+        saga::recover(&state.db, &state.peers, &fwd, order).await?;
+    }
+    Ok(())
 }

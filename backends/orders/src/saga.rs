@@ -24,6 +24,7 @@
 //! `failed`.
 
 use std::collections::HashSet;
+use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 use serde_json::json;
@@ -248,23 +249,111 @@ async fn run_steps(peers: &Peers, fwd: &Forward, order: &Order) -> Result<String
     Ok(payment_id)
 }
 
-/// Refunds every charge payments holds for `order` (after a call whose answer was lost).
-async fn refund_any_charge(peers: &Peers, fwd: &Forward, order: &Order) {
-    let ids = match peers.authorized_payments(fwd, &order.id).await {
-        Ok(ids) => ids,
+/// How old a `pending` order must be before [`recover`] touches it. A saga's steps after
+/// the order is written are a handful of calls, each bounded by the peers' timeout (4 s
+/// in the demo mesh), so only an order whose saga was cut off (orders stopped or crashed
+/// mid-checkout) is still `pending` this long after it was created.
+pub const STALE_PENDING: Duration = Duration::from_secs(120);
+
+/// Whether `order` is `pending` and older than [`STALE_PENDING`] at `now`.
+pub fn is_stale(order: &Order, now: SystemTime) -> bool {
+    order.status == "pending"
+        && humantime::parse_rfc3339(&order.created_at)
+            .ok()
+            .and_then(|created| now.duration_since(created).ok())
+            .is_some_and(|age| age >= STALE_PENDING)
+}
+
+/// Finishes an order whose saga was cut off, from what the peers hold for it, and stores
+/// the outcome. Rolls forward when payments holds a charge: the reservation is committed
+/// and the order `confirmed`. Otherwise rolls back: the reservation is released (which
+/// also bars a late one) and the order `failed` with reason `interrupted`; a charge found
+/// with no reservation to commit is refunded. Every call is idempotent; when a peer
+/// cannot answer, the order stays `pending` for the next reader to try again.
+pub async fn recover(
+    db: &SqlitePool,
+    peers: &Peers,
+    fwd: &Forward,
+    order: &mut Order,
+) -> Result<(), AppError> {
+    let charges = match peers.authorized_payments(fwd, &order.id).await {
+        Ok(charges) => charges,
         Err(e) => {
-            tracing::error!(order = %order.id, error = %e, "compensation failed: could not look up charges");
-            return;
+            tracing::warn!(order = %order.id, error = %e, "pending order: charges unknown, left pending");
+            return Ok(());
         }
     };
-    for id in ids {
-        match peers.refund(fwd, &id).await {
+    let confirmed = match charges.split_first() {
+        Some((first, extra)) => match peers.commit(fwd, &order.id).await {
             Ok(()) => {
-                tracing::info!(order = %order.id, payment = %id, "charge made without an answer refunded")
+                // One key per order makes a second charge impossible; refund any all the same.
+                if !refund_all(peers, fwd, order, extra).await {
+                    return Ok(());
+                }
+                Some(first.clone())
+            }
+            Err(CallError::Rejected { .. }) => {
+                // Nothing reserved to commit (released, or never arrived): no sale.
+                if !refund_all(peers, fwd, order, &charges).await {
+                    return Ok(());
+                }
+                None
             }
             Err(e) => {
-                tracing::error!(order = %order.id, payment = %id, error = %e, "compensation failed: refund")
+                tracing::warn!(order = %order.id, error = %e, "pending order: commit failed, left pending");
+                return Ok(());
             }
+        },
+        None => match peers.release(fwd, &order.id).await {
+            Ok(()) => None,
+            Err(e) => {
+                tracing::warn!(order = %order.id, error = %e, "pending order: release failed, left pending");
+                return Ok(());
+            }
+        },
+    };
+    let mut finished = order.clone();
+    match confirmed {
+        Some(payment_id) => {
+            finished.status = "confirmed".into();
+            finished.payment_id = Some(payment_id);
+        }
+        None => {
+            finished.status = "failed".into();
+            finished.reason = Some("interrupted".into());
+        }
+    }
+    if store::resolve_pending(db, &finished).await? {
+        tracing::info!(order = %order.id, status = %finished.status, "pending order resolved");
+        *order = finished;
+    } else if let Some(current) = store::get(db, &order.sub, &order.id).await? {
+        *order = current;
+    }
+    Ok(())
+}
+
+/// Refunds `ids`; false if any refund failed (logged).
+async fn refund_all(peers: &Peers, fwd: &Forward, order: &Order, ids: &[String]) -> bool {
+    let mut all = true;
+    for id in ids {
+        if let Err(e) = peers.refund(fwd, id).await {
+            tracing::error!(order = %order.id, payment = %id, error = %e, "compensation failed: refund");
+            all = false;
+        }
+    }
+    all
+}
+
+/// Refunds every charge payments holds for `order` (after a call whose answer was lost).
+async fn refund_any_charge(peers: &Peers, fwd: &Forward, order: &Order) {
+    match peers.authorized_payments(fwd, &order.id).await {
+        Ok(ids) => {
+            if !ids.is_empty() && refund_all(peers, fwd, order, &ids).await {
+                tracing::info!(order = %order.id, "charge made without an answer refunded");
+            }
+        }
+        Err(e) => {
+            tracing::error!(order = %order.id, error = %e, "compensation failed: could not look up charges");
         }
     }
 }

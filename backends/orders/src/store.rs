@@ -99,6 +99,23 @@ pub async fn finish(db: &SqlitePool, order: &Order) -> Result<(), sqlx::Error> {
     .map(drop)
 }
 
+/// Records the outcome of an order found `pending` after its saga was cut off; false when
+/// the order is no longer `pending` (another reader resolved it first), and nothing changes.
+pub async fn resolve_pending(db: &SqlitePool, order: &Order) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE orders SET status = ?, reason = ?, payment_id = ?, updated_at = ? \
+         WHERE id = ? AND status = 'pending'",
+    )
+    .bind(&order.status)
+    .bind(&order.reason)
+    .bind(&order.payment_id)
+    .bind(now_rfc3339())
+    .bind(&order.id)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 type OrderRow = (
     String,
     String,

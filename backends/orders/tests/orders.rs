@@ -674,3 +674,165 @@ async fn binary_takes_its_flags_and_checks_the_outbound_url() {
     assert_eq!(health.map(|h| h.status()), Some(StatusCode::OK));
     assert!(dir.path().join("orders.db").exists());
 }
+
+/// What a checkout cut off mid-saga (orders stopped or crashed) leaves behind.
+struct CutOff {
+    reserved: bool,
+    charged: bool,
+    age: Duration,
+}
+
+impl Mesh {
+    /// Calls an app through the outbound stand-in, as orders' sidecar would.
+    async fn call_peer(&self, host: &str, path: &str, key: Option<&str>, body: Value) {
+        let mut request = self
+            .client
+            .post(self.outbound.url(path))
+            .header(header::HOST, host)
+            .bearer_auth(&self.alice)
+            .json(&body);
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        let response = request.send().await.expect("send");
+        assert!(
+            response.status().is_success(),
+            "{host}{path}: {}",
+            response.status()
+        );
+    }
+
+    /// Stores a `pending` order for alice, `age` old, with what its saga had done.
+    async fn cut_off_order(&self, id: &str, cut: CutOff) {
+        let created = std::time::SystemTime::now() - cut.age;
+        let order = Order {
+            id: id.into(),
+            sub: "alice".into(),
+            status: "pending".into(),
+            reason: None,
+            items: vec![orders::OrderLine {
+                sku: "MUG-ENAMEL".into(),
+                name: "Enamel Camp Mug".into(),
+                quantity: 2,
+                price_cents: 1800,
+            }],
+            total_cents: 3600,
+            currency: "EUR".into(),
+            payment_id: None,
+            created_at: humantime::format_rfc3339_millis(created).to_string(),
+        };
+        orders::store::insert(&self.orders_db, &order)
+            .await
+            .expect("insert");
+        if cut.reserved {
+            let body =
+                json!({ "reservation_id": id, "items": [{ "sku": "MUG-ENAMEL", "quantity": 2 }] });
+            self.call_peer("inventory", "/reservations", None, body)
+                .await;
+        }
+        if cut.charged {
+            let body = json!({ "order_id": id, "amount_cents": 3600, "currency": "EUR" });
+            self.call_peer("payments", "/payments", Some(id), body)
+                .await;
+        }
+    }
+}
+
+const STALE: Duration = Duration::from_secs(180);
+
+#[tokio::test]
+async fn a_cut_off_checkout_with_a_charge_is_confirmed_when_read() {
+    let mesh = Mesh::start().await;
+    let cut = CutOff {
+        reserved: true,
+        charged: true,
+        age: STALE,
+    };
+    mesh.cut_off_order("ord-cut-paid", cut).await;
+    assert_eq!(mesh.stock("MUG-ENAMEL").await, (23, 2, 0));
+    let (status, body) = mesh.get(&mesh.alice.clone(), "/orders/ord-cut-paid").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "confirmed", "{body}");
+    assert!(body["payment_id"].is_string(), "{body}");
+    assert_eq!(
+        mesh.stock("MUG-ENAMEL").await,
+        (23, 0, 2),
+        "the reservation is sold"
+    );
+    assert_eq!(
+        mesh.charges("ord-cut-paid").await,
+        (1, 0),
+        "charged once, kept"
+    );
+    // Stored: the next read needs no peer.
+    let (_, again) = mesh.get(&mesh.alice.clone(), "/orders").await;
+    assert_eq!(again[0]["status"], "confirmed", "{again}");
+}
+
+#[tokio::test]
+async fn a_cut_off_checkout_without_a_charge_is_rolled_back_when_listed() {
+    let mesh = Mesh::start().await;
+    let cut = CutOff {
+        reserved: true,
+        charged: false,
+        age: STALE,
+    };
+    mesh.cut_off_order("ord-cut-unpaid", cut).await;
+    let cut = CutOff {
+        reserved: false,
+        charged: true,
+        age: STALE,
+    };
+    mesh.cut_off_order("ord-cut-nostock", cut).await;
+    let (status, body) = mesh.get(&mesh.alice.clone(), "/orders").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for order in body.as_array().expect("list") {
+        assert_eq!(order["status"], "failed", "{order}");
+        assert_eq!(order["reason"], "interrupted", "{order}");
+    }
+    assert_eq!(mesh.stock("MUG-ENAMEL").await, (25, 0, 0), "stock released");
+    assert_eq!(
+        mesh.reservation_status("ord-cut-unpaid").await.as_deref(),
+        Some("released")
+    );
+    assert_eq!(mesh.charges("ord-cut-nostock").await, (1, 1), "refunded");
+}
+
+#[tokio::test]
+async fn a_recent_pending_order_is_left_alone_and_a_dead_peer_leaves_it_pending() {
+    let mesh = Mesh::start().await;
+    // Placed seconds ago: its saga may still be running.
+    let recent = CutOff {
+        reserved: true,
+        charged: false,
+        age: Duration::from_secs(5),
+    };
+    mesh.cut_off_order("ord-recent", recent).await;
+    let (_, body) = mesh.get(&mesh.alice.clone(), "/orders/ord-recent").await;
+    assert_eq!(body["status"], "pending", "{body}");
+    assert_eq!(mesh.stock("MUG-ENAMEL").await, (23, 2, 0));
+
+    // Stale, but payments cannot say whether it charged: nothing is decided yet.
+    let stale = CutOff {
+        reserved: true,
+        charged: false,
+        age: STALE,
+    };
+    mesh.cut_off_order("ord-stale", stale).await;
+    mesh.set_mode("payments", Mode::Down);
+    let (status, body) = mesh.get(&mesh.alice.clone(), "/orders/ord-stale").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "pending", "{body}");
+    assert_eq!(
+        mesh.reservation_status("ord-stale").await.as_deref(),
+        Some("reserved")
+    );
+    // Once payments answers, the next read rolls it back.
+    mesh.set_mode("payments", Mode::Up);
+    let (_, body) = mesh.get(&mesh.alice.clone(), "/orders/ord-stale").await;
+    assert_eq!(body["status"], "failed", "{body}");
+    assert_eq!(
+        mesh.reservation_status("ord-stale").await.as_deref(),
+        Some("released")
+    );
+}
