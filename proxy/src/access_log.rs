@@ -231,7 +231,9 @@ pub fn format(e: &Entry<'_>, now: SystemTime) -> String {
     out.push_str("\",\"level\":\"INFO\"");
     push_str(&mut out, "request_id", e.request_id);
     if let Some(c) = e.client {
-        let _ = write!(out, ",\"client\":\"{c}\"");
+        out.push_str(",\"client\":\"");
+        crate::forwarding::push_ip(&mut out, c);
+        out.push('"');
     }
     push_str(&mut out, "listener", e.listener);
     push_str(&mut out, "method", e.method);
