@@ -8,6 +8,8 @@ command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# The benchmark harness's tests sign a JWT with the openssl command line.
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # Redis for global rate-limit tests (standalone and cluster).
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 # Node for the third-party OpenID Provider (BFF interop) and Playwright; Debian's chromium

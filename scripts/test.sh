@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every meshgate test: unit tests, end-to-end tests with real processes on loopback,
-# formatting and lints. Installs missing system packages first (as root).
+# the benchmark harness's tests, formatting and lints. Installs missing system packages first (as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +22,8 @@ else
 fi
 # Doc tests are not run by nextest.
 cargo test --workspace --doc
+# The benchmark harness: config generation, parsing, statistics and the report.
+python3 -m unittest bench/test_bench.py
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
