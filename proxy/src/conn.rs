@@ -21,6 +21,7 @@
 
 use std::future::Future as _;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -39,7 +40,6 @@ use pingora::protocols::{
 use pingora::protocols::{SocketDigest, TimingDigest};
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
-use std::mem::MaybeUninit;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
