@@ -435,18 +435,26 @@ async fn only_orders_may_call_inventory_and_strangers_cannot_connect() {
     let read = |name: &str| std::fs::read(certs.join(name)).expect("cert file");
     let inbound =
         std::net::SocketAddr::from(([127, 0, 0, 1], mesh.ports.service("inventory").inbound));
-    let client = |who: Option<&str>| {
+    // A client trusting the mesh CA, presenting `identity` (certificate and key PEM) if any.
+    let client_with = |identity: Option<&[u8]>| {
         let mut builder = reqwest::Client::builder()
             .use_rustls_tls()
             .tls_built_in_root_certs(false)
             .add_root_certificate(reqwest::Certificate::from_pem(&read("ca.crt")).expect("ca"))
             .resolve("inventory", inbound);
-        if let Some(s) = who {
-            let mut pem = read(&format!("{s}.crt"));
-            pem.extend(read(&format!("{s}.key")));
-            builder = builder.identity(reqwest::Identity::from_pem(&pem).expect("identity"));
+        if let Some(pem) = identity {
+            builder = builder.identity(reqwest::Identity::from_pem(pem).expect("identity"));
         }
         builder.build().expect("client")
+    };
+    // A client presenting the mesh certificate `up` issued to service `who`.
+    let client = |who: Option<&str>| {
+        let pem = who.map(|s| {
+            let mut pem = read(&format!("{s}.crt"));
+            pem.extend(read(&format!("{s}.key")));
+            pem
+        });
+        client_with(pem.as_deref())
     };
     let url = format!("https://inventory:{}/stock", inbound.port());
 
@@ -482,30 +490,14 @@ async fn only_orders_may_call_inventory_and_strangers_cannot_connect() {
         ("another CA", &foreign_ca, false),
         ("an expired certificate", &mesh_ca, true),
     ] {
-        let pem = orders_leaf(issuer, expired);
-        let stranger = reqwest::Client::builder()
-            .use_rustls_tls()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(reqwest::Certificate::from_pem(&read("ca.crt")).expect("ca"))
-            .resolve("inventory", inbound)
-            .identity(reqwest::Identity::from_pem(pem.as_bytes()).expect("identity"))
-            .build()
-            .expect("client");
+        let stranger = client_with(Some(orders_leaf(issuer, expired).as_bytes()));
         assert!(
             stranger.get(&url).send().await.is_err(),
             "{what}: the handshake is refused"
         );
     }
     // The control: a fresh `orders` certificate from the mesh CA passes the handshake.
-    let pem = orders_leaf(&mesh_ca, false);
-    let fresh = reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(&read("ca.crt")).expect("ca"))
-        .resolve("inventory", inbound)
-        .identity(reqwest::Identity::from_pem(pem.as_bytes()).expect("identity"))
-        .build()
-        .expect("client");
+    let fresh = client_with(Some(orders_leaf(&mesh_ca, false).as_bytes()));
     let r = fresh
         .get(&url)
         .send()

@@ -86,34 +86,37 @@ pub async fn insert(db: &SqlitePool, order: &Order) -> Result<(), sqlx::Error> {
 
 /// Records the saga's outcome on a stored order.
 pub async fn finish(db: &SqlitePool, order: &Order) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE orders SET status = ?, reason = ?, payment_id = ?, updated_at = ? WHERE id = ?",
-    )
-    .bind(&order.status)
-    .bind(&order.reason)
-    .bind(&order.payment_id)
-    .bind(now_rfc3339())
-    .bind(&order.id)
-    .execute(db)
-    .await
-    .map(drop)
+    write_outcome(db, order, false).await.map(drop)
 }
 
 /// Records the outcome of an order found `pending` after its saga was cut off; false when
 /// the order is no longer `pending` (another reader resolved it first), and nothing changes.
 pub async fn resolve_pending(db: &SqlitePool, order: &Order) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
+    Ok(write_outcome(db, order, true).await? == 1)
+}
+
+/// Writes `order`'s status, reason and payment onto its row, with `only_pending` only while
+/// the row is still `pending`; the number of rows changed.
+async fn write_outcome(
+    db: &SqlitePool,
+    order: &Order,
+    only_pending: bool,
+) -> Result<u64, sqlx::Error> {
+    let sql = if only_pending {
         "UPDATE orders SET status = ?, reason = ?, payment_id = ?, updated_at = ? \
-         WHERE id = ? AND status = 'pending'",
-    )
-    .bind(&order.status)
-    .bind(&order.reason)
-    .bind(&order.payment_id)
-    .bind(now_rfc3339())
-    .bind(&order.id)
-    .execute(db)
-    .await?;
-    Ok(done.rows_affected() == 1)
+         WHERE id = ? AND status = 'pending'"
+    } else {
+        "UPDATE orders SET status = ?, reason = ?, payment_id = ?, updated_at = ? WHERE id = ?"
+    };
+    let done = sqlx::query(sql)
+        .bind(&order.status)
+        .bind(&order.reason)
+        .bind(&order.payment_id)
+        .bind(now_rfc3339())
+        .bind(&order.id)
+        .execute(db)
+        .await?;
+    Ok(done.rows_affected())
 }
 
 type OrderRow = (

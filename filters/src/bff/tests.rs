@@ -83,13 +83,10 @@ fn session_cookies_are_host_only_secure_httponly() {
         .contains("Max-Age=0"));
 }
 
-#[tokio::test]
-async fn a_tampered_or_foreign_record_opens_as_no_session() {
-    let b = bff();
-    let rng = SystemRandom::new();
-    let handle = SessionHandle::generate(&rng).expect("handle");
-    let now = crate::jwt::unix_now();
-    let record = Record {
+/// Alice's session record at `now`: created at `created_at`, ending at `expires_at`, with an
+/// access token good for 10 minutes.
+fn alice(now: u64, created_at: u64, expires_at: u64) -> Record {
+    Record {
         sub: "alice".into(),
         sid: None,
         name: None,
@@ -99,10 +96,19 @@ async fn a_tampered_or_foreign_record_opens_as_no_session() {
         access_expires_at: now + 600,
         refresh_token: None,
         id_token: None,
-        created_at: now,
-        expires_at: now + 3600,
+        created_at,
+        expires_at,
         touched_at: now,
-    };
+    }
+}
+
+#[tokio::test]
+async fn a_tampered_or_foreign_record_opens_as_no_session() {
+    let b = bff();
+    let rng = SystemRandom::new();
+    let handle = SessionHandle::generate(&rng).expect("handle");
+    let now = crate::jwt::unix_now();
+    let record = alice(now, now, now + 3600);
     b.save(&handle, &record).await.expect("save");
     assert_eq!(b.load(&handle).await.expect("load").sub, "alice");
     // Same id, another secret: the cookie of an attacker who guessed or stole the id.
@@ -133,20 +139,7 @@ async fn a_session_past_its_absolute_end_is_gone() {
     let b = bff();
     let handle = SessionHandle::generate(&SystemRandom::new()).expect("handle");
     let now = crate::jwt::unix_now();
-    let record = Record {
-        sub: "alice".into(),
-        sid: None,
-        name: None,
-        email: None,
-        roles: vec![],
-        access_token: "at".into(),
-        access_expires_at: now + 600,
-        refresh_token: None,
-        id_token: None,
-        created_at: now - 100,
-        expires_at: now + 1,
-        touched_at: now,
-    };
+    let record = alice(now, now - 100, now + 1);
     b.save(&handle, &record).await.expect("save");
     assert!(b.load(&handle).await.is_ok());
     // A record whose absolute end has passed opens as no session and is deleted.
