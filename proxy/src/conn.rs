@@ -72,10 +72,19 @@ pub struct HeaderDeadline {
     /// Bytes read while the connection was parked, not yet handed to Pingora's parser.
     stash: Vec<u8>,
     stash_at: usize,
+    /// Response bytes written but not yet sent: small writes (a header, then a small body)
+    /// go out in one system call at the next flush. Allocated while a request writes,
+    /// released when the connection parks.
+    out: Vec<u8>,
+    out_at: usize,
 }
 
 /// Largest read while parked: Pingora's initial request-header buffer.
 const PARK_READ: usize = 4096;
+
+/// Writes smaller than this are joined until the next flush; the size and the rules are
+/// those of the write buffer Pingora's own listener gives a connection (a TCP segment).
+const WRITE_COALESCE: usize = pingora::listeners::DEFAULT_L4_WRITE_BUFFER_SIZE;
 
 impl HeaderDeadline {
     /// Wraps `inner`; each request header must arrive within `timeout` of its first byte.
@@ -90,7 +99,29 @@ impl HeaderDeadline {
             line_bad: AtomicBool::new(false),
             stash: Vec::new(),
             stash_at: 0,
+            out: Vec::new(),
+            out_at: 0,
         }
+    }
+
+    /// Sends the joined response bytes. Ready once all are written.
+    fn poll_send_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.out_at < self.out.len() {
+            match Pin::new(&mut self.inner).poll_write(cx, &self.out[self.out_at..]) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "the connection accepted no more response bytes",
+                    )))
+                }
+                Poll::Ready(Ok(n)) => self.out_at += n,
+            }
+        }
+        self.out.clear();
+        self.out_at = 0;
+        Poll::Ready(Ok(()))
     }
 
     /// Waits, parked, for the first bytes of the next request and keeps them for the next
@@ -103,7 +134,13 @@ impl HeaderDeadline {
         let mut space = [MaybeUninit::<u8>::uninit(); PARK_READ];
         let mut buf = ReadBuf::uninit(&mut space);
         match Pin::new(&mut self.inner).poll_read(cx, &mut buf) {
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                // Waiting, so the write buffer goes too (Pingora flushed every response).
+                if self.out.is_empty() {
+                    self.out = Vec::new();
+                }
+                Poll::Pending
+            }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Ready(Ok(())) => {
                 let got = buf.filled();
@@ -231,20 +268,59 @@ impl AsyncWrite for HeaderDeadline {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        if this.out.len() + buf.len() > WRITE_COALESCE {
+            match this.poll_send_out(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if buf.len() >= WRITE_COALESCE {
+            return Pin::new(&mut this.inner).poll_write(cx, buf);
+        }
+        if this.out.capacity() == 0 {
+            this.out.reserve_exact(WRITE_COALESCE);
+        }
+        this.out.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        match this.poll_send_out(cx) {
+            Poll::Ready(Ok(())) => Pin::new(&mut this.inner).poll_flush(cx),
+            other => other,
+        }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        match this.poll_send_out(cx) {
+            Poll::Ready(Ok(())) => Pin::new(&mut this.inner).poll_shutdown(cx),
+            other => other,
+        }
     }
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if this.out.len() + total <= WRITE_COALESCE {
+            if this.out.capacity() == 0 {
+                this.out.reserve_exact(WRITE_COALESCE);
+            }
+            for b in bufs {
+                this.out.extend_from_slice(b);
+            }
+            return Poll::Ready(Ok(total));
+        }
+        // Order matters: what was joined earlier goes out before these bytes.
+        match this.poll_send_out(cx) {
+            Poll::Ready(Ok(())) => Pin::new(&mut this.inner).poll_write_vectored(cx, bufs),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
@@ -421,21 +497,27 @@ impl ServerApp for MeshApp {
             {
                 return None;
             }
-            let mut session = ServerSession::new_http1(conn);
-            match settings.take() {
-                Some(s) => s.apply_to_session(&mut session),
-                None => {
-                    // The proxy sets each request's keep-alive from `runtime.idle_timeout`.
-                    session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
-                    session.set_keepalive_reuses_remaining(
-                        self.proxy
-                            .server_options
-                            .as_ref()
-                            .and_then(|o| o.keepalive_request_limit),
-                    );
+            // The request's state, session included, lives in a boxed future that exists
+            // only while it runs: a parked connection's future is just this loop's handles
+            // (see `listener.rs`). The block keeps the session out of this future's layout.
+            let request = {
+                let mut session = ServerSession::new_http1(conn);
+                match settings.take() {
+                    Some(s) => s.apply_to_session(&mut session),
+                    None => {
+                        // The proxy sets each request's keep-alive from `runtime.idle_timeout`.
+                        session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+                        session.set_keepalive_reuses_remaining(
+                            self.proxy
+                                .server_options
+                                .as_ref()
+                                .and_then(|o| o.keepalive_request_limit),
+                        );
+                    }
                 }
-            }
-            let reused = self.proxy.process_new_http(session, shutdown).await?;
+                Box::pin(self.proxy.process_new_http(session, shutdown))
+            };
+            let reused = request.await?;
             let (stream, next) = reused.consume();
             settings = next;
             conn = match stream.into_any().downcast::<HeaderDeadline>() {

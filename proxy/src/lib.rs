@@ -15,6 +15,7 @@ pub mod conn;
 pub mod explain;
 pub mod forwarding;
 pub mod lifecycle;
+pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod normalize;

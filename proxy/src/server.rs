@@ -10,7 +10,6 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::apps::http_app::HttpServer;
 use pingora::apps::HttpServerOptions;
-use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
@@ -20,6 +19,7 @@ use crate::admin::AdminApp;
 use crate::config::{self, ConfigError};
 use crate::conn::MeshApp;
 use crate::lifecycle::Signals;
+use crate::listener::ProxyListener;
 use crate::metrics::METRICS;
 use crate::proxy::{ListenerInfo, MeshProxy};
 use crate::reload::{ReloadService, Reloader};
@@ -135,29 +135,30 @@ impl BackgroundService for HealthService {
     }
 }
 
-/// Fails fast when a listener or admin address is taken: Pingora would otherwise retry in
-/// the background and run on without that listener.
-fn check_addresses_free(spec: &crate::config::ConfigSpec) -> Result<(), Vec<ConfigError>> {
+/// Binds every proxy listener's socket and checks the admin address is free, so a taken
+/// address fails `meshgate run` at once with its YAML path (Pingora would retry in the
+/// background and then panic, or run on without that listener).
+fn bind_listeners(
+    spec: &crate::config::ConfigSpec,
+) -> Result<Vec<crate::listener::BoundSocket>, Vec<ConfigError>> {
     let mut errors = Vec::new();
-    let admin = spec
-        .admin
-        .iter()
-        .map(|a| ("admin.address".to_string(), a.address.as_str()));
-    let listeners = spec
-        .listeners
-        .iter()
-        .enumerate()
-        .map(|(i, l)| (format!("listeners[{i}].address"), l.address.as_str()));
-    for (path, addr) in listeners.chain(admin) {
-        if let Err(e) = std::net::TcpListener::bind(addr) {
+    let mut sockets = Vec::new();
+    for (i, l) in spec.listeners.iter().enumerate() {
+        match crate::listener::bind(&l.address) {
+            Ok(s) => sockets.push(s),
+            Err(m) => errors.push(ConfigError::new(format!("listeners[{i}].address"), m)),
+        }
+    }
+    if let Some(a) = &spec.admin {
+        if let Err(e) = std::net::TcpListener::bind(&a.address) {
             errors.push(ConfigError::new(
-                path,
-                format!("cannot listen on {addr}: {e}"),
+                "admin.address",
+                format!("cannot listen on {}: {e}", a.address),
             ));
         }
     }
     if errors.is_empty() {
-        Ok(())
+        Ok(sockets)
     } else {
         Err(errors)
     }
@@ -173,7 +174,7 @@ pub fn run(path: &Path) -> Result<(), Vec<ConfigError>> {
     METRICS.config_generation.set(1);
     crate::access_log::set_enabled(spec.runtime.access_log);
 
-    check_addresses_free(&spec)?;
+    let sockets = bind_listeners(&spec)?;
     let conf = ServerConf {
         threads: spec.runtime.threads,
         work_stealing: spec.runtime.work_stealing,
@@ -189,7 +190,7 @@ pub fn run(path: &Path) -> Result<(), Vec<ConfigError>> {
 
     let mut addrs: Vec<SocketAddr> = Vec::new();
     let mut resolvers = Vec::new();
-    for l in &spec.listeners {
+    for (l, socket) in spec.listeners.iter().zip(sockets) {
         let tls = l.tls.is_some();
         let mut proxy = pingora::proxy::http_proxy(
             &conf,
@@ -206,26 +207,25 @@ pub fn run(path: &Path) -> Result<(), Vec<ConfigError>> {
             opts.h2c = true;
             proxy.server_options = Some(opts);
         }
-        let mut svc = Service::new(
+        let settings = match &l.tls {
+            Some(t) => {
+                let (settings, resolver) = crate::tls::settings(t, l.mtls.as_ref(), base)
+                    .map_err(|m| vec![ConfigError::new(format!("listeners.{}.tls", l.name), m)])?;
+                resolvers.push(resolver);
+                Some(settings)
+            }
+            None => None,
+        };
+        addrs.push(socket.addr);
+        // meshgate's own accept loop (listener.rs): an idle connection holds no Pingora
+        // task, and `MeshApp` parks it between requests (conn.rs).
+        server.add_service(ProxyListener::new(
             format!("listener {}", l.name),
+            socket,
+            settings,
             MeshApp::new(proxy, runtime.clone()),
-        );
-        // No 64 KiB read buffer per connection: `MeshApp` parks idle connections and reads
-        // each request's first bytes itself (see `conn.rs`), and Pingora's header reads need
-        // no buffer under them.
-        let mut endpoint =
-            ListenerConfig::tcp(l.address.as_str()).l4_buffer(L4BufferSettings::default().read(0));
-        if let Some(t) = &l.tls {
-            let (settings, resolver) = crate::tls::settings(t, l.mtls.as_ref(), base)
-                .map_err(|m| vec![ConfigError::new(format!("listeners.{}.tls", l.name), m)])?;
-            resolvers.push(resolver);
-            endpoint = endpoint.tls(settings);
-        }
-        svc.add_listener(endpoint);
-        if let Ok(a) = l.address.parse() {
-            addrs.push(a);
-        }
-        server.add_service(svc);
+            spec.runtime.header_read_timeout.get(),
+        ));
     }
 
     if let Some(admin) = &spec.admin {
