@@ -41,6 +41,9 @@ Measurements per target:
     throughput   wrk, 1 thread, 64 keep-alive connections, tiny body and 16 KiB body
     latency      oha at a fixed open-loop rate (50% of nginx's measured tiny-body max),
                  with latency correction (coordinated omission), p50/p99/p99.9
+    shared rate  the same at 50% of the slowest target's tiny-body max, a rate every
+                 target carries: a target slower than half of nginx is overloaded at the
+                 first rate and its percentiles there are queueing time, not its own tail
     serial       oha with 1 connection, one request at a time: the unloaded round trip
                  (p50), which shows what one extra hop such as a Redis call adds
     cpu          proxy CPU time per request during the throughput runs (/proc/PID/stat)
@@ -1500,6 +1503,11 @@ def summarize(raw: dict) -> dict:
             for k in ("p50", "p99", "p999", "achieved_rps"):
                 s[k] = median([r[k] for r in lat])
             s["latency_errors"] = sum(r["errors"] for r in lat)
+        shared = t.get("shared_latency", [])
+        if shared:
+            for k in ("p50", "p99", "p999", "achieved_rps"):
+                s[f"shared_{k}"] = median([r[k] for r in shared])
+            s["shared_latency_errors"] = sum(r["errors"] for r in shared)
         serial = t.get("serial", [])
         if serial:
             s["serial_p50_us"] = median([r["p50"] * 1000.0 for r in serial])
@@ -1585,6 +1593,10 @@ def summarize(raw: dict) -> dict:
         if name in T and "nginx" in T and "p99" in T[name] and "p99" in T["nginx"]:
             diff = T[name]["p99"] - T["nginx"]["p99"]
             goal(f"{name} p99 ≤ nginx p99 + 0.5 ms", diff, lambda v: v <= 0.5, "{:+.3f} ms vs nginx")
+        if name in T and "nginx" in T and "shared_p99" in T[name] and "shared_p99" in T["nginx"]:
+            diff = T[name]["shared_p99"] - T["nginx"]["shared_p99"]
+            goal(f"{name} p99 ≤ nginx p99 + 0.5 ms at the shared rate (a rate every target carries)", diff,
+                 lambda v: v <= 0.5, "{:+.3f} ms vs nginx")
         if name in T and "nginx" in T and T[name].get("mem_idle_delta_kib") is not None \
                 and T["nginx"].get("mem_idle_delta_kib") is not None:
             goal(f"{name} idle-connection memory ≤ nginx's",
@@ -1592,6 +1604,15 @@ def summarize(raw: dict) -> dict:
                  lambda v: v <= 1.0, "{:.2f}× nginx's")
     out["goals"] = goals
     return out
+
+
+def shared_latency_rate(data: dict) -> float:
+    """Half the slowest target's median tiny-body max: an open-loop rate every target carries,
+    so its percentiles there are each proxy's own tail rather than queueing behind overload.
+    0.0 when no target has tiny-body throughput runs."""
+    maxima = [median([r["rps"] for r in t["throughput"]["tiny"]])
+              for t in data.values() if t["throughput"].get("tiny")]
+    return 0.5 * min(maxima) if maxima else 0.0
 
 
 def global_rate_limit_cost(T: dict, ratios: dict) -> dict | None:
@@ -1765,6 +1786,9 @@ def markdown(raw: dict, summary: dict, chart_name: str) -> str:
         f"tiny body ({len(TINY_BODY)} B) and 16 KiB body.",
         f"- Latency: `oha -c{CONNECTIONS} -q {p.get('latency_rate', 0):.0f} --latency-correction -z {p['latency_duration']:g}s` "
         "(open loop at 50% of nginx's median tiny-body max, coordinated omission corrected), tiny body.",
+        f"- Shared-rate latency: the same at `-q {p.get('shared_latency_rate', 0):.0f}`, 50% of the slowest "
+        "target's median tiny-body max, which every target carries; where a target's max is below the first rate, "
+        "its percentiles there are time spent queueing behind overload, and these are its own tail.",
         f"- Pinning: {p['pinning']}",
         "- Proxy CPU µs/req: CPU time of the proxy's processes (utime+stime) during the tiny-body throughput runs "
         "divided by the requests served; it does not depend on which core was the bottleneck.",
@@ -1843,6 +1867,17 @@ def markdown(raw: dict, summary: dict, chart_name: str) -> str:
                            f"({pol.get('aborted', 0):.0f} abandoned by the load generator at the end of a run, no "
                            f"answer); {pol.get('bff_refreshes_total', 0):.0f} access-token refreshes in all."
                            + (f" **INVALID**: {T[name]['invalid']}" if T[name].get("invalid") else ""))
+    if any("shared_p99" in s for s in T.values()):
+        out += ["", f"## Latency at a rate every target carries ({p.get('shared_latency_rate', 0):.0f} rps)", "",
+                "Open loop, coordinated omission corrected, tiny body; medians of the rounds.", "",
+                "| target | p50 ms | p99 ms | p99.9 ms | p99 − nginx's p99 ms | achieved rps |",
+                "|---|---:|---:|---:|---:|---:|"]
+        base = T.get("nginx", {}).get("shared_p99")
+        for name, s in T.items():
+            if "shared_p99" in s:
+                diff = f"{s['shared_p99'] - base:+.3f}" if base is not None else "—"
+                out.append(f"| {name} | {s['shared_p50']:.3f} | {s['shared_p99']:.3f} | {s['shared_p999']:.3f} | "
+                           f"{diff} | {s['shared_achieved_rps']:.0f} |")
     out += ["", "## Targets (issues 7, 4, 5 and Benchmarks)", "", "| goal | measured | met |", "|---|---|---|"]
     for g in summary["goals"]:
         met = "n/a" if g["met"] is None else ("yes" if g["met"] else "**no**")
@@ -2081,7 +2116,8 @@ def main(argv: list[str]) -> int:
         log("all targets answer correctly: " + ", ".join(bench.targets))
         targets = list(bench.targets.values())
         data = {t.name: {"description": DESCRIPTIONS[t.name], "port": t.port, "url": t.url("tiny"),
-                         "throughput": {b: [] for b in BODIES}, "latency": [], "serial": [], "memory": {}}
+                         "throughput": {b: [] for b in BODIES}, "latency": [], "shared_latency": [], "serial": [],
+                         "memory": {}}
                 for t in targets}
         policy_targets = [t for t in targets if t.admin is not None
                           and t.name in RATE_LIMIT_TARGETS + JWT_TARGETS + BFF_TARGETS]
@@ -2116,6 +2152,19 @@ def main(argv: list[str]) -> int:
                                             f"of {rate:.0f} rps")
         elif rate <= 0:
             raw["notes"].append("latency not measured: no nginx throughput to set the rate from")
+
+        shared_rate = shared_latency_rate(data)
+        if have_oha and not args.no_latency and shared_rate > 0:
+            for rnd in range(args.rounds):
+                for t in targets:
+                    row = bench.oha(t, shared_rate, args.latency_duration)
+                    data[t.name]["shared_latency"].append(row)
+                    log(f"shared-rate latency round {rnd + 1}/{args.rounds} {t.name:<25} @ {shared_rate:.0f} rps: "
+                        f"p50 {row['p50']:.3f} p99 {row['p99']:.3f} p99.9 {row['p999']:.3f} ms "
+                        f"(achieved {row['achieved_rps']:.0f})")
+                    if row["achieved_rps"] < 0.95 * shared_rate:
+                        raw["notes"].append(f"{t.name} shared-rate latency round {rnd + 1}: achieved "
+                                            f"{row['achieved_rps']:.0f} of {shared_rate:.0f} rps")
 
         if have_oha and not args.no_latency:
             for rnd in range(args.rounds):
@@ -2181,6 +2230,7 @@ def main(argv: list[str]) -> int:
         raw["parameters"] = {
             "quick": args.quick, "rounds": args.rounds, "duration": args.duration,
             "latency_duration": args.latency_duration, "latency_rate": latency_rate,
+            "shared_latency_rate": shared_rate,
             "connections": CONNECTIONS, "idle_connections": args.idle_connections, "pinning": pinning,
             "serial_requests": SERIAL_REQUESTS,
             "wall_seconds": round(time.monotonic() - started, 1),

@@ -6,12 +6,13 @@
 #   bench/run.sh --help     every option of the driver (bench/bench.py)
 #   bench/run.sh --targets nginx,meshgate-plain,meshgate-jwt   a subset (direct always runs)
 #
-# On a fresh Debian machine, run as root: it installs nginx, haproxy, wrk, openssl and
-# redis-server with apt-get (running `apt-get update` once, only when a package is missing)
-# and oha (the open-loop latency generator) with `cargo install oha`, builds meshgate,
-# bench/bare-pingora and the dev OpenID Provider (backends/identity, for the bff targets) in
-# release mode, raises the open-file limit and hands over to bench/bench.py, which starts
-# every process on free loopback ports, measures, and stops everything it started.
+# On a fresh Debian machine, run as root: it installs cmake and a C compiler (to build
+# Pingora), nginx, haproxy, wrk, openssl and redis-server with apt-get (running
+# `apt-get update` once, only when a package is missing) and oha (the open-loop latency
+# generator) with `cargo install oha`, builds meshgate, bench/bare-pingora and the dev
+# OpenID Provider (backends/identity, for the bff targets) in release mode, raises the
+# open-file limit and hands over to bench/bench.py, which starts every process on free
+# loopback ports, measures, and stops everything it started.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -21,6 +22,8 @@ cd "$root"
 say() { printf '[run.sh] %s\n' "$*"; }
 
 missing=()
+command -v cmake >/dev/null 2>&1 || missing+=(cmake)                  # Pingora builds zlib-ng with it
+command -v cc >/dev/null 2>&1 || missing+=(build-essential)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)

@@ -77,6 +77,8 @@ def fake_raw() -> dict:
         targets[name] = {
             "throughput": {"tiny": runs(rps, 1e6 / rps), "16k": runs(rps / 2, 2e6 / rps)},
             "latency": lat(p99),
+            # At the shared rate nginx's p99 is 0.7 ms: plain is within 0.5 ms of it, the chain is not.
+            "shared_latency": lat({"nginx": 0.7, "meshgate-plain": 1.1, "meshgate-chain": 1.3}.get(name, 1.0)),
             "serial": serial({"meshgate-ratelimit-global": 0.150, "meshgate-ratelimit-local": 0.100,
                               "meshgate-bff-memory": 0.095, "meshgate-bff-redis": 0.155}.get(name, 0.09)),
             "memory": {"peak_kib": 20000, "idle_rss_kib": 20000 + idle, "idle_before_kib": 20000,
@@ -101,7 +103,7 @@ def fake_raw() -> dict:
         "machine": {k: "x" for k in ("cpu", "cores", "memory_gib", "kernel", "os", "nginx", "haproxy", "wrk",
                                      "oha", "rustc", "pingora", "meshgate_commit", "hostname")},
         "parameters": {"quick": False, "rounds": 3, "duration": 6.0, "latency_duration": 6.0,
-                       "latency_rate": 50000.0, "idle_connections": 10000, "pinning": "cpu0/cpu1"},
+                       "latency_rate": 50000.0, "shared_latency_rate": 15000.0, "idle_connections": 10000, "pinning": "cpu0/cpu1"},
         "targets": targets,
     }
 
@@ -489,6 +491,10 @@ class ReportTests(unittest.TestCase):
         self.assertTrue(goals["chain ≥ 0.85× plain (tiny)"]["met"])
         self.assertTrue(goals["meshgate-plain p99 ≤ nginx p99 + 0.5 ms"]["met"])
         self.assertFalse(goals["meshgate-plain idle-connection memory ≤ nginx's"]["met"])
+        shared = "p99 ≤ nginx p99 + 0.5 ms at the shared rate (a rate every target carries)"
+        self.assertTrue(goals[f"meshgate-plain {shared}"]["met"])
+        self.assertEqual(goals[f"meshgate-chain {shared}"]["value"], "+0.600 ms vs nginx")
+        self.assertFalse(goals[f"meshgate-chain {shared}"]["met"])
         self.assertTrue(goals["BFF route ≥ 0.7× plain (memory sessions, tiny)"]["met"])
         self.assertFalse(goals["BFF route ≥ 0.7× plain (redis sessions, tiny)"]["met"])
         self.assertEqual(goals["BFF route ≥ 0.7× plain (redis sessions, 16k)"]["value"], "0.60×")
@@ -511,6 +517,11 @@ class ReportTests(unittest.TestCase):
         self.assertAlmostEqual(g["redis_decision_share"], 0.99)
         self.assertIn("+50 µs unloaded p50 vs local", goals["global rate limit adds one Redis round trip and nothing else"]["value"])
 
+    def test_shared_rate_is_half_the_slowest_median(self):
+        data = fake_raw()["targets"]
+        self.assertAlmostEqual(bench.shared_latency_rate(data), 0.5 * 30e3)  # meshgate-bff-redis's median
+        self.assertEqual(bench.shared_latency_rate({"x": {"throughput": {"tiny": []}}}), 0.0)
+
     def test_markdown_and_svg(self):
         raw = fake_raw()
         s = bench.summarize(raw)
@@ -527,6 +538,8 @@ class ReportTests(unittest.TestCase):
                       "0 access-token refreshes in all.", md)
         self.assertIn("| meshgate-bff-memory/meshgate-plain tiny | 0.800 |", md)
         self.assertNotIn("**INVALID**", md)
+        self.assertIn("## Latency at a rate every target carries (15000 rps)", md)
+        self.assertIn("| meshgate-chain | 0.200 | 1.300 | 2.600 | +0.600 | 50000 |", md)
         svg = bench.svg_chart(s)
         xml.dom.minidom.parseString(svg)  # well-formed
         self.assertIn("Throughput relative to nginx", svg)
