@@ -1498,16 +1498,12 @@ def summarize(raw: dict) -> dict:
                 s[f"{body}_cpu_us_per_req"] = median([r["proxy_cpu_us_per_req"] for r in runs])
                 s[f"{body}_cpu_pct"] = median([r["proxy_cpu_pct"] for r in runs])
                 s[f"{body}_errors"] = sum(r["socket_errors"] + r["non_2xx"] for r in runs)
-        lat = t.get("latency", [])
-        if lat:
-            for k in ("p50", "p99", "p999", "achieved_rps"):
-                s[k] = median([r[k] for r in lat])
-            s["latency_errors"] = sum(r["errors"] for r in lat)
-        shared = t.get("shared_latency", [])
-        if shared:
-            for k in ("p50", "p99", "p999", "achieved_rps"):
-                s[f"shared_{k}"] = median([r[k] for r in shared])
-            s["shared_latency_errors"] = sum(r["errors"] for r in shared)
+        for key, prefix in (("latency", ""), ("shared_latency", "shared_")):
+            lat = t.get(key, [])
+            if lat:
+                for k in ("p50", "p99", "p999", "achieved_rps"):
+                    s[prefix + k] = median([r[k] for r in lat])
+                s[f"{prefix}latency_errors"] = sum(r["errors"] for r in lat)
         serial = t.get("serial", [])
         if serial:
             s["serial_p50_us"] = median([r["p50"] * 1000.0 for r in serial])
@@ -1590,13 +1586,10 @@ def summarize(raw: dict) -> dict:
         goals.append({"goal": "global rate limit adds one Redis round trip and nothing else", "value": g["text"],
                       "met": None})
     for name in ("meshgate-plain", "meshgate-chain"):
-        if name in T and "nginx" in T and "p99" in T[name] and "p99" in T["nginx"]:
-            diff = T[name]["p99"] - T["nginx"]["p99"]
-            goal(f"{name} p99 ≤ nginx p99 + 0.5 ms", diff, lambda v: v <= 0.5, "{:+.3f} ms vs nginx")
-        if name in T and "nginx" in T and "shared_p99" in T[name] and "shared_p99" in T["nginx"]:
-            diff = T[name]["shared_p99"] - T["nginx"]["shared_p99"]
-            goal(f"{name} p99 ≤ nginx p99 + 0.5 ms at the shared rate (a rate every target carries)", diff,
-                 lambda v: v <= 0.5, "{:+.3f} ms vs nginx")
+        for key, where in (("p99", ""), ("shared_p99", " at the shared rate (a rate every target carries)")):
+            if name in T and "nginx" in T and key in T[name] and key in T["nginx"]:
+                goal(f"{name} p99 ≤ nginx p99 + 0.5 ms{where}", T[name][key] - T["nginx"][key],
+                     lambda v: v <= 0.5, "{:+.3f} ms vs nginx")
         if name in T and "nginx" in T and T[name].get("mem_idle_delta_kib") is not None \
                 and T["nginx"].get("mem_idle_delta_kib") is not None:
             goal(f"{name} idle-connection memory ≤ nginx's",
@@ -2140,31 +2133,27 @@ def main(argv: list[str]) -> int:
         nginx_max = median([r["rps"] for r in data.get("nginx", {}).get("throughput", {}).get("tiny", [])])
         rate = 0.5 * nginx_max if nginx_max == nginx_max else 0.0
         latency_rate = rate
-        if have_oha and not args.no_latency and rate > 0:
+
+        def latency_rounds(key: str, label: str, rate: float) -> None:
+            """Open-loop oha rounds at `rate` over every target, into data[target][key]."""
             for rnd in range(args.rounds):
                 for t in targets:
                     row = bench.oha(t, rate, args.latency_duration)
-                    data[t.name]["latency"].append(row)
-                    log(f"latency round {rnd + 1}/{args.rounds} {t.name:<25} @ {rate:.0f} rps: p50 {row['p50']:.3f} "
+                    data[t.name][key].append(row)
+                    log(f"{label} round {rnd + 1}/{args.rounds} {t.name:<25} @ {rate:.0f} rps: p50 {row['p50']:.3f} "
                         f"p99 {row['p99']:.3f} p99.9 {row['p999']:.3f} ms (achieved {row['achieved_rps']:.0f})")
                     if row["achieved_rps"] < 0.95 * rate:
-                        raw["notes"].append(f"{t.name} latency round {rnd + 1}: achieved {row['achieved_rps']:.0f} "
+                        raw["notes"].append(f"{t.name} {label} round {rnd + 1}: achieved {row['achieved_rps']:.0f} "
                                             f"of {rate:.0f} rps")
+
+        if have_oha and not args.no_latency and rate > 0:
+            latency_rounds("latency", "latency", rate)
         elif rate <= 0:
             raw["notes"].append("latency not measured: no nginx throughput to set the rate from")
 
         shared_rate = shared_latency_rate(data)
         if have_oha and not args.no_latency and shared_rate > 0:
-            for rnd in range(args.rounds):
-                for t in targets:
-                    row = bench.oha(t, shared_rate, args.latency_duration)
-                    data[t.name]["shared_latency"].append(row)
-                    log(f"shared-rate latency round {rnd + 1}/{args.rounds} {t.name:<25} @ {shared_rate:.0f} rps: "
-                        f"p50 {row['p50']:.3f} p99 {row['p99']:.3f} p99.9 {row['p999']:.3f} ms "
-                        f"(achieved {row['achieved_rps']:.0f})")
-                    if row["achieved_rps"] < 0.95 * shared_rate:
-                        raw["notes"].append(f"{t.name} shared-rate latency round {rnd + 1}: achieved "
-                                            f"{row['achieved_rps']:.0f} of {shared_rate:.0f} rps")
+            latency_rounds("shared_latency", "shared-rate latency", shared_rate)
 
         if have_oha and not args.no_latency:
             for rnd in range(args.rounds):
