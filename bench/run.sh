@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # meshgate benchmark: meshgate side by side with nginx, HAProxy and bare Pingora.
 #
-#   bench/run.sh            full run (3 rounds, ~10 minutes on 2 cores), writes bench/results/
+#   bench/run.sh            full run (3 rounds, ~20 minutes on 2 cores), writes bench/results/
 #   bench/run.sh --quick    one short round, for iterating (results get a -quick suffix)
 #   bench/run.sh --help     every option of the driver (bench/bench.py)
 #   bench/run.sh --targets nginx,meshgate-plain,meshgate-jwt   a subset (direct always runs)
