@@ -15,7 +15,7 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, TRANSFER_ENCODING};
-use http::{HeaderValue, StatusCode};
+use http::{HeaderName, HeaderValue, StatusCode};
 use meshgate_filters::bff::{EndpointRequest, MAX_BACKCHANNEL_BODY};
 use meshgate_filters::{Action, ErrorKind, LocalResponse, RequestCtx, RequestView, Step};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -33,9 +33,15 @@ use crate::runtime::resilience::retry::{is_retryable_request, RetryReason};
 use crate::runtime::router::{Route, RouteInput};
 use crate::runtime::Runtime;
 
-const X_REQUEST_ID: &str = "x-request-id";
-const TRACEPARENT: &str = "traceparent";
-const X_MESHGATE_CALLER: &str = "x-meshgate-caller";
+// Header names looked up on every request are `HeaderName`s, so a lookup hashes them
+// directly instead of parsing a `&str` first; inserts pass `as_str()` (a `&'static str`),
+// which Pingora turns into its case-preserving name without copying.
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static X_MESHGATE_CALLER: HeaderName = HeaderName::from_static("x-meshgate-caller");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 /// Pingora custom error type used to carry an [`ErrorKind`] decided by the engine to
 /// `fail_to_proxy`, which is where the response writer runs for errors.
 const LOCAL: &str = "meshgate_local";
@@ -370,7 +376,7 @@ impl MeshProxy {
             let _ = resp.insert_header(CONTENT_LENGTH, body.len());
         }
         if let Ok(v) = HeaderValue::from_str(&ctx.req.request_id) {
-            let _ = resp.insert_header(X_REQUEST_ID, v);
+            let _ = resp.insert_header(X_REQUEST_ID.as_str(), v);
         }
         for (k, v) in answer.headers {
             let _ = resp.append_header(k, v);
@@ -525,13 +531,13 @@ impl ProxyHttp for MeshProxy {
             HeaderDeadline::header_complete(stream);
         }
         let req = session.req_header();
-        ctx.req.request_id = match req.headers.get(X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
+        ctx.req.request_id = match req.headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
             Some(id) if forwarding::valid_request_id(id) => id.to_string(),
             _ => forwarding::new_request_id(),
         };
         ctx.traceparent = Some(
             req.headers
-                .get(TRACEPARENT)
+                .get(&TRACEPARENT)
                 .and_then(|v| v.to_str().ok())
                 .and_then(TraceParent::parse)
                 .map_or_else(TraceParent::new_root, |t| t.child()),
@@ -556,7 +562,7 @@ impl ProxyHttp for MeshProxy {
         let xff = session
             .req_header()
             .headers
-            .get("x-forwarded-for")
+            .get(&X_FORWARDED_FOR)
             .and_then(|v| v.to_str().ok());
         ctx.req.client_ip = forwarding::client_ip(peer_ip, xff, &rt.trusted);
         session.set_keepalive(Some(rt.limits.idle_timeout.as_secs().max(1)));
@@ -706,14 +712,14 @@ impl ProxyHttp for MeshProxy {
 
         // The upstream request is a copy of the client's: a valid client id is already
         // there, so only a generated (or replaced) id costs a header insert.
-        let client_id = upstream.headers.get(X_REQUEST_ID).map(|v| v.as_bytes());
+        let client_id = upstream.headers.get(&X_REQUEST_ID).map(|v| v.as_bytes());
         if client_id != Some(ctx.req.request_id.as_bytes()) {
             if let Ok(v) = HeaderValue::from_str(&ctx.req.request_id) {
-                let _ = upstream.insert_header(X_REQUEST_ID, v);
+                let _ = upstream.insert_header(X_REQUEST_ID.as_str(), v);
             }
         }
         if let Some(tp) = ctx.traceparent {
-            let _ = upstream.insert_header(TRACEPARENT, tp.to_header());
+            let _ = upstream.insert_header(TRACEPARENT.as_str(), tp.to_header());
         }
         let rt = ctx.rt.clone();
         let trusted = rt.as_deref().map(|r| &r.trusted);
@@ -726,32 +732,28 @@ impl ProxyHttp for MeshProxy {
             let existing = session
                 .req_header()
                 .headers
-                .get("x-forwarded-for")
+                .get(&X_FORWARDED_FOR)
                 .and_then(|v| v.to_str().ok());
             let xff = forwarding::forwarded_for(peer_ip, existing, trusted);
-            let _ = upstream.insert_header("x-forwarded-for", xff);
+            let _ = upstream.insert_header(X_FORWARDED_FOR.as_str(), xff);
             let client_proto = session
                 .req_header()
                 .headers
-                .get("x-forwarded-proto")
+                .get(&X_FORWARDED_PROTO)
                 .cloned();
-            let client_host = session
-                .req_header()
-                .headers
-                .get("x-forwarded-host")
-                .cloned();
+            let client_host = session.req_header().headers.get(&X_FORWARDED_HOST).cloned();
             match client_proto {
                 Some(p) if from_trusted => {
-                    let _ = upstream.insert_header("x-forwarded-proto", p);
+                    let _ = upstream.insert_header(X_FORWARDED_PROTO.as_str(), p);
                 }
                 _ => {
                     let proto = if self.listener.tls { "https" } else { "http" };
-                    let _ = upstream.insert_header("x-forwarded-proto", proto);
+                    let _ = upstream.insert_header(X_FORWARDED_PROTO.as_str(), proto);
                 }
             }
             match client_host {
                 Some(h) if from_trusted => {
-                    let _ = upstream.insert_header("x-forwarded-host", h);
+                    let _ = upstream.insert_header(X_FORWARDED_HOST.as_str(), h);
                 }
                 _ => {
                     let host = session.req_header().headers.get(HOST).cloned().or_else(|| {
@@ -763,10 +765,10 @@ impl ProxyHttp for MeshProxy {
                     });
                     match host {
                         Some(h) => {
-                            let _ = upstream.insert_header("x-forwarded-host", h);
+                            let _ = upstream.insert_header(X_FORWARDED_HOST.as_str(), h);
                         }
                         None => {
-                            upstream.remove_header("x-forwarded-host");
+                            upstream.remove_header(&X_FORWARDED_HOST);
                         }
                     }
                 }
@@ -774,10 +776,10 @@ impl ProxyHttp for MeshProxy {
         }
         // The caller's verified mesh identity, for the app; a client-sent copy is never
         // passed on.
-        upstream.remove_header(X_MESHGATE_CALLER);
+        upstream.remove_header(&X_MESHGATE_CALLER);
         if let Some(caller) = &ctx.req.caller {
             if let Ok(v) = HeaderValue::from_str(caller) {
-                let _ = upstream.insert_header(X_MESHGATE_CALLER, v);
+                let _ = upstream.insert_header(X_MESHGATE_CALLER.as_str(), v);
             }
         }
         for f in route.filters.filters() {
@@ -793,7 +795,7 @@ impl ProxyHttp for MeshProxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         if let Ok(v) = HeaderValue::from_str(&ctx.req.request_id) {
-            let _ = upstream_response.insert_header(X_REQUEST_ID, v);
+            let _ = upstream_response.insert_header(X_REQUEST_ID.as_str(), v);
         }
         run_response_hooks(ctx, upstream_response);
         Ok(())

@@ -242,10 +242,11 @@ impl Filter for JwtFilter {
         let Some(identity) = ctx.extensions.get::<Arc<Identity>>() else {
             return;
         };
-        // Both values were validated as header values when the token was verified.
-        let _ = upstream.insert_header(&SUB_HEADER, identity.sub_header().clone());
+        // Both values were validated as header values when the token was verified. Static
+        // names, because Pingora copies the text of a `HeaderName` it is given.
+        let _ = upstream.insert_header(SUB_HEADER.as_str(), identity.sub_header().clone());
         if let Some(roles) = identity.roles_header() {
-            let _ = upstream.insert_header(&ROLES_HEADER, roles.clone());
+            let _ = upstream.insert_header(ROLES_HEADER.as_str(), roles.clone());
         }
     }
 }

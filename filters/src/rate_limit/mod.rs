@@ -122,14 +122,17 @@ impl RateLimitHeaders {
 
     fn write(&self, response: &mut ResponseHeader) {
         // insert (not append): when several limits apply, only the tightest is described.
-        let _ = response.insert_header(RATELIMIT_LIMIT.clone(), HeaderValue::from(self.limit));
+        // Names go in as `&'static str`: given a `HeaderName` Pingora copies its text for
+        // the case map, given a static string it keeps the reference.
+        let _ = response.insert_header(RATELIMIT_LIMIT.as_str(), HeaderValue::from(self.limit));
         let _ = response.insert_header(
-            RATELIMIT_REMAINING.clone(),
+            RATELIMIT_REMAINING.as_str(),
             HeaderValue::from(self.remaining),
         );
-        let _ = response.insert_header(RATELIMIT_RESET.clone(), HeaderValue::from(self.reset_secs));
+        let _ =
+            response.insert_header(RATELIMIT_RESET.as_str(), HeaderValue::from(self.reset_secs));
         if let Some(secs) = self.retry_after_secs {
-            let _ = response.insert_header(RETRY_AFTER, HeaderValue::from(secs));
+            let _ = response.insert_header("retry-after", HeaderValue::from(secs));
         }
     }
 
