@@ -1787,7 +1787,9 @@ def markdown(raw: dict, summary: dict, chart_name: str) -> str:
         "divided by the requests served; it does not depend on which core was the bottleneck.",
         f"- Memory: peak RSS = VmHWM summed over the proxy's processes after all load; idle = VmRSS with "
         f"{p['idle_connections']:,} idle keep-alive client connections that each completed one request, "
-        "Δ = increase over the RSS just before they were opened.",
+        "Δ = increase over the RSS just before they were opened, measured 1 s after the last of them was answered. "
+        "By then meshgate has demoted every one of them to its listener's lot (idle for 250 ms: a bare socket, "
+        "no task; docs/architecture.md); bare Pingora keeps a task and buffers per connection.",
         f"- 1-conn p50: `oha -c1 -n {p.get('serial_requests', SERIAL_REQUESTS)}`, one request at a time on one "
         "keep-alive connection (closed loop, unloaded): the round trip through the proxy, in µs. The difference "
         "between two meshgate targets is what one filter adds to a request's path, e.g. the Redis round trip.",
@@ -2132,7 +2134,6 @@ def main(argv: list[str]) -> int:
 
         nginx_max = median([r["rps"] for r in data.get("nginx", {}).get("throughput", {}).get("tiny", [])])
         rate = 0.5 * nginx_max if nginx_max == nginx_max else 0.0
-        latency_rate = rate
 
         def latency_rounds(key: str, label: str, rate: float) -> None:
             """Open-loop oha rounds at `rate` over every target, into data[target][key]."""
@@ -2218,7 +2219,7 @@ def main(argv: list[str]) -> int:
         raw["machine_label"] = args.machine or f"{raw['machine']['cores']}core"
         raw["parameters"] = {
             "quick": args.quick, "rounds": args.rounds, "duration": args.duration,
-            "latency_duration": args.latency_duration, "latency_rate": latency_rate,
+            "latency_duration": args.latency_duration, "latency_rate": rate,
             "shared_latency_rate": shared_rate,
             "connections": CONNECTIONS, "idle_connections": args.idle_connections, "pinning": pinning,
             "serial_requests": SERIAL_REQUESTS,

@@ -18,7 +18,9 @@
 //! connection (about 16 KB); our own listener (`listener.rs`) gives the transport no read
 //! buffer, and the bytes read while parked are handed to Pingora's parser from a small
 //! stash, so no request costs an extra system call. Writes of one response are joined in a
-//! 1,460-byte buffer that is freed when the connection parks.
+//! 1,460-byte buffer that is freed when the connection parks. On a plain-TCP listener a
+//! connection parked for [`DEMOTE_AFTER`] leaves its task altogether and waits in the
+//! listener's lot as a bare socket (`idle.rs`).
 
 use std::future::Future as _;
 use std::io;
@@ -46,6 +48,7 @@ use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
+use crate::idle::DEMOTE_AFTER;
 use crate::metrics::METRICS;
 use crate::proxy::MeshProxy;
 use crate::runtime::Runtime;
@@ -103,6 +106,13 @@ impl HeaderDeadline {
             out: Vec::new(),
             out_at: 0,
         }
+    }
+
+    /// The wrapped transport. Only for a parked connection: bytes stashed or not yet sent
+    /// would be lost, and a parked connection has none.
+    pub fn into_inner(self) -> Stream {
+        debug_assert!(self.stash_at >= self.stash.len() && self.out_at >= self.out.len());
+        self.inner
     }
 
     /// Sends the joined response bytes. Ready once all are written.
@@ -411,23 +421,26 @@ impl MeshApp {
         }
     }
 
-    /// Waits for the next request's first bytes on an idle connection. False when the
-    /// connection should close instead: the client closed it or failed, it stayed idle for
-    /// `runtime.idle_timeout`, or the server is shutting down.
+    /// Waits for the next request's first bytes on an idle connection. The connection
+    /// should close instead when the client closed it or failed, it stayed idle for
+    /// `runtime.idle_timeout`, or the server is shutting down. With `demote`, a connection
+    /// still idle after [`DEMOTE_AFTER`] (and an idle timeout at least twice that) is
+    /// [`Park::Demote`]d, to be handed to the listener's lot.
     ///
     /// `closing` and `idle` live as long as the connection, so a park costs no timer or
-    /// waiter registration of its own: the idle deadline is pushed back only once it has
-    /// fallen 1/16 of the timeout behind (a connection closes after between 15/16 of the
-    /// timeout and the whole of it without a request).
+    /// waiter registration of its own: the deadline is pushed back only once it has
+    /// fallen 1/16 of its wait behind (a connection closes, or is demoted, after between
+    /// 15/16 of its wait and the whole of it without a request).
     async fn park(
         &self,
         conn: &mut HeaderDeadline,
         shutdown: &ShutdownWatch,
         mut closing: Pin<&mut Notified<'_>>,
         mut idle: Pin<&mut Sleep>,
-    ) -> bool {
+        demote: bool,
+    ) -> Park {
         if *shutdown.borrow() || self.closing.load(Ordering::Acquire) {
-            return false;
+            return Park::Close;
         }
         let first = std::future::poll_fn(|cx| conn.poll_first_bytes(cx));
         let mut first = std::pin::pin!(first);
@@ -437,66 +450,77 @@ impl MeshApp {
             Poll::Ready(got) => got,
             Poll::Pending => {
                 let timeout = self.runtime.load().limits.idle_timeout;
+                let wait = if demote && DEMOTE_AFTER * 2 <= timeout {
+                    DEMOTE_AFTER
+                } else {
+                    timeout
+                };
                 let now = Instant::now();
-                if idle.deadline() < now + timeout - timeout / 16 {
-                    idle.as_mut().reset(now + timeout);
+                if idle.deadline() < now + wait - wait / 16 {
+                    idle.as_mut().reset(now + wait);
                 }
                 tokio::select! {
                     biased;
                     got = first => got,
-                    () = closing.as_mut() => return false,
-                    () = idle.as_mut() => return false,
+                    () = closing.as_mut() => return Park::Close,
+                    () = idle.as_mut() => {
+                        return if wait < timeout {
+                            Park::Demote { close_at: now + timeout }
+                        } else {
+                            Park::Close
+                        };
+                    }
                 }
             }
         };
-        matches!(got, Ok(n) if n > 0)
+        if matches!(got, Ok(n) if n > 0) {
+            Park::Request
+        } else {
+            Park::Close
+        }
     }
-}
 
-struct ConnGuard;
-
-impl ConnGuard {
-    fn start() -> Self {
-        METRICS.active_connections.inc();
-        METRICS.connections_total.inc();
-        ConnGuard
-    }
-}
-
-impl Drop for ConnGuard {
-    fn drop(&mut self) {
-        METRICS.active_connections.dec();
-    }
-}
-
-#[async_trait]
-impl ServerApp for MeshApp {
-    async fn process_new(
+    /// Serves a connection until it closes, or (with `demote`, HTTP/1 only) until it has
+    /// been idle for [`DEMOTE_AFTER`]: then it is given back as [`Served::Idle`]. HTTP/2
+    /// connections (negotiated, or any on an h2c listener) are Pingora's to serve whole.
+    /// `settings` carries Pingora's keep-alive state into a resumed connection.
+    pub async fn serve(
         self: &Arc<Self>,
         stream: Stream,
+        mut settings: Option<HttpPersistentSettings>,
         shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
-        let _guard = ConnGuard::start();
-        let h2c = self.proxy.server_options.as_ref().is_some_and(|o| o.h2c);
-        if h2c || matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+        demote: bool,
+    ) -> Served {
+        if self.h2c() || matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             // HTTP/2 (negotiated, or possibly prior knowledge on an h2c listener): Pingora's
             // own connection handling, which multiplexes.
-            return self.proxy.process_new(stream, shutdown).await;
+            let mut next = self.proxy.process_new(stream, shutdown).await;
+            while let Some(stream) = next {
+                next = self.proxy.process_new(stream, shutdown).await;
+            }
+            return Served::Closed;
         }
         let timeout = self.runtime.load().spec.runtime.header_read_timeout.get();
         let mut conn = Box::new(HeaderDeadline::new(stream, timeout));
         // Pingora's keep-alive loop for HTTP/1 (`ServerApp for HttpServerApp`), with a parked
         // wait before each request.
-        let mut settings: Option<HttpPersistentSettings> = None;
         let mut closing = std::pin::pin!(self.closing_now.notified());
         // Elapsed until the first park that has to wait sets it.
         let mut idle = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
         loop {
-            if !self
-                .park(&mut conn, shutdown, closing.as_mut(), idle.as_mut())
+            match self
+                .park(&mut conn, shutdown, closing.as_mut(), idle.as_mut(), demote)
                 .await
             {
-                return None;
+                Park::Request => {}
+                Park::Close => return Served::Closed,
+                Park::Demote { close_at } => {
+                    return Served::Idle {
+                        stream: conn.into_inner(),
+                        settings,
+                        close_at,
+                    }
+                }
             }
             // The request's state, session included, lives in a boxed future that exists
             // only while it runs: a parked connection's future is just this loop's handles
@@ -518,15 +542,82 @@ impl ServerApp for MeshApp {
                 }
                 Box::pin(self.proxy.process_new_http(session, shutdown))
             };
-            let reused = request.await?;
+            let Some(reused) = request.await else {
+                return Served::Closed;
+            };
             let (stream, next) = reused.consume();
             settings = next;
             conn = match stream.into_any().downcast::<HeaderDeadline>() {
                 Ok(c) => c,
                 // Not possible: the session gives back the transport it was given.
-                Err(_) => return None,
+                Err(_) => return Served::Closed,
             };
         }
+    }
+
+    /// Whether the listener speaks h2c (HTTP/2 without TLS) on every connection.
+    pub fn h2c(&self) -> bool {
+        self.proxy.server_options.as_ref().is_some_and(|o| o.h2c)
+    }
+}
+
+/// What [`MeshApp::park`] found.
+enum Park {
+    /// The next request's first bytes arrived.
+    Request,
+    /// The connection closes.
+    Close,
+    /// Idle long enough to be demoted; it closes at `close_at` if still idle.
+    Demote { close_at: Instant },
+}
+
+/// How [`MeshApp::serve`] left a connection.
+pub enum Served {
+    /// Closed, or to be closed by dropping it.
+    Closed,
+    /// Idle between requests: the transport (as given to `serve`), Pingora's keep-alive
+    /// state, and when it should close if no request comes.
+    Idle {
+        /// The transport `serve` was given.
+        stream: Stream,
+        /// Pingora's keep-alive state after the last request (None before the first).
+        settings: Option<HttpPersistentSettings>,
+        /// When the connection will have been idle for `runtime.idle_timeout`.
+        close_at: Instant,
+    },
+}
+
+/// Counts one downstream connection in `meshgate_active_connections` for as long as it
+/// lives, and once in `meshgate_downstream_connections_total`. It moves with a connection
+/// into the idle lot and into the task that resumes it.
+#[derive(Debug)]
+pub struct ConnGuard;
+
+impl ConnGuard {
+    /// Counts a newly accepted connection.
+    pub fn start() -> Self {
+        METRICS.active_connections.inc();
+        METRICS.connections_total.inc();
+        ConnGuard
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        METRICS.active_connections.dec();
+    }
+}
+
+#[async_trait]
+impl ServerApp for MeshApp {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let _guard = ConnGuard::start();
+        self.serve(stream, None, shutdown, false).await;
+        None
     }
 
     async fn cleanup(&self) {

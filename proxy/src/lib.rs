@@ -14,6 +14,7 @@ pub mod config;
 pub mod conn;
 pub mod explain;
 pub mod forwarding;
+pub mod idle;
 pub mod lifecycle;
 pub mod listener;
 pub mod logging;

@@ -7,7 +7,11 @@
 //! and the transport has no buffers of its own (the header deadline wrapper in `conn.rs`
 //! joins a response's writes for the time of one request). What stays behind for an idle
 //! keep-alive connection is the socket, its reactor registration, the keep-alive loop's
-//! timer and a few small structs.
+//! timer and a few small structs — and on a plain-TCP HTTP/1 listener only until it has
+//! been idle for `idle::DEMOTE_AFTER`: then the task ends and the socket waits in the
+//! listener's [`IdleLot`], which spawns a task again when the next request arrives. Those
+//! listeners give connections meshgate's [`PlainTcp`] transport, which can give its socket
+//! back; TLS and h2c listeners use Pingora's.
 //!
 //! Sockets are bound before the server starts, so a taken address fails `meshgate run`
 //! with the listener's YAML path instead of Pingora's retry-then-panic, and accepted
@@ -26,7 +30,8 @@ use pingora::server::{ListenFds, ShutdownWatch};
 use pingora::services::Service;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::conn::MeshApp;
+use crate::conn::{ConnGuard, MeshApp, Served};
+use crate::idle::{IdleLot, Parked, PlainTcp};
 
 /// Pending connections the kernel queues per listener (Pingora's value).
 const BACKLOG: i32 = 65535;
@@ -114,6 +119,31 @@ impl Service for ProxyListener {
                 return;
             }
         };
+        // Plain HTTP/1 listeners demote idle connections to a lot (`idle.rs`).
+        let lot = if self.tls.is_none() && !self.app.h2c() {
+            match IdleLot::new() {
+                Ok((lot, poll)) => {
+                    let template = Connection {
+                        app: self.app.clone(),
+                        tls: None,
+                        lot: Some(lot.clone()),
+                        shutdown: shutdown.clone(),
+                        handshake_timeout: self.handshake_timeout,
+                    };
+                    let resume = move |parked: Parked| {
+                        pingora_runtime::current_handle().spawn(template.clone().resume(parked));
+                    };
+                    tokio::spawn(lot.clone().run(poll, shutdown.clone(), resume));
+                    Some(lot)
+                }
+                Err(e) => {
+                    tracing::warn!(listener = %self.name, error = %e, "idle connections stay in their tasks: no lot");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         loop {
             let accepted = tokio::select! {
                 a = listener.accept() => a,
@@ -129,6 +159,7 @@ impl Service for ProxyListener {
                     let conn = Connection {
                         app: self.app.clone(),
                         tls: self.tls.clone(),
+                        lot: lot.clone(),
                         shutdown: shutdown.clone(),
                         handshake_timeout: self.handshake_timeout,
                     };
@@ -156,25 +187,90 @@ impl Service for ProxyListener {
 }
 
 /// What a connection's task keeps: handles only (the big futures are boxed while they run).
+#[derive(Clone)]
 struct Connection {
     app: Arc<MeshApp>,
     tls: Option<Arc<Acceptor>>,
+    /// Where the connection goes when it idles (plain HTTP/1 listeners only).
+    lot: Option<Arc<IdleLot>>,
     shutdown: ShutdownWatch,
     handshake_timeout: Duration,
 }
 
 impl Connection {
-    /// The connection's whole life. Its future is what the task holds while the connection
-    /// is idle, so everything bigger than a handle lives in boxed futures: the transport
-    /// setup and handshake (done by then) and the keep-alive loop.
+    /// A new connection's whole life in this task. Its future is what the task holds while
+    /// the connection is idle, so everything bigger than a handle lives in boxed futures:
+    /// the transport setup and handshake (done by then) and the keep-alive loop.
     async fn serve(self, tcp: TcpStream, peer: SocketAddr) {
-        use pingora::apps::ServerApp;
+        let guard = ConnGuard::start();
         let Some(stream) = Box::pin(self.open(tcp, peer)).await else {
             return;
         };
-        let mut next = self.app.process_new(stream, &self.shutdown).await;
-        while let Some(stream) = next {
-            next = self.app.process_new(stream, &self.shutdown).await;
+        self.run(stream, None, guard).await;
+    }
+
+    /// A connection the lot gives back because its socket turned readable: registered with
+    /// this thread's reactor and served like a new one, with its keep-alive state.
+    async fn resume(self, parked: Parked) {
+        let Parked {
+            tcp,
+            peer,
+            established,
+            settings,
+            guard,
+            ..
+        } = parked;
+        let tcp = match TcpStream::from_std(tcp) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::debug!(peer = %peer, error = %e, "cannot resume an idle connection");
+                return;
+            }
+        };
+        let stream: pingora::protocols::Stream = Box::new(PlainTcp::new(tcp, peer, established));
+        self.run(stream, settings, guard).await;
+    }
+
+    /// Serves `stream` until it closes, or hands it to the lot when it idles.
+    async fn run(
+        self,
+        stream: pingora::protocols::Stream,
+        settings: Option<pingora::apps::HttpPersistentSettings>,
+        guard: ConnGuard,
+    ) {
+        let lot = self.lot.as_ref().filter(|l| l.is_open());
+        // Boxed: the keep-alive loop's future exists only while the connection has a task.
+        let served = Box::pin(
+            self.app
+                .serve(stream, settings, &self.shutdown, lot.is_some()),
+        )
+        .await;
+        let (
+            Some(lot),
+            Served::Idle {
+                stream,
+                settings,
+                close_at,
+            },
+        ) = (lot, served)
+        else {
+            return;
+        };
+        // Only plain connections are demoted, so the transport is always a `PlainTcp`.
+        let Ok(plain) = stream.into_any().downcast::<PlainTcp>() else {
+            return;
+        };
+        let (tcp, peer, established) = plain.into_parts();
+        match tcp.into_std() {
+            Ok(tcp) => lot.park(Parked {
+                tcp,
+                peer,
+                established,
+                settings,
+                close_at,
+                guard,
+            }),
+            Err(e) => tracing::debug!(peer = %peer, error = %e, "cannot demote an idle connection"),
         }
     }
 
@@ -182,6 +278,17 @@ impl Connection {
     /// socket digest, and the TLS handshake when the listener has TLS. None when the
     /// handshake fails or stalls past `handshake_timeout`.
     async fn open(&self, tcp: TcpStream, peer: SocketAddr) -> Option<pingora::protocols::Stream> {
+        if self.lot.is_some() {
+            // A plain HTTP/1 listener: the transport that can give its socket back.
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+            return Some(Box::new(PlainTcp::new(
+                tcp,
+                peer,
+                std::time::SystemTime::now(),
+            )));
+        }
         let mut l4 = L4Stream::from(tcp);
         if let Err(e) = l4.set_nodelay() {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
@@ -211,13 +318,12 @@ mod tests {
     use super::*;
     use crate::proxy::{ListenerInfo, MeshProxy};
     use arc_swap::ArcSwap;
-    use pingora::apps::ServerApp;
     use pingora::server::configuration::ServerConf;
 
-    /// What an idle connection keeps alive is mostly these two futures: the connection's
-    /// task and the keep-alive loop it awaits. Bounds are for this (debug) build; the
-    /// release build's per-connection memory is measured in `bench/` and in
-    /// `tests/tests/keepalive.rs`.
+    /// What a parked connection keeps alive is mostly two futures: the connection's task and
+    /// the keep-alive loop it awaits; a demoted one keeps only its lot entry. Bounds are for
+    /// this (debug) build; the release build's per-connection memory is measured in
+    /// `bench/` and in `tests/tests/keepalive.rs`.
     #[tokio::test]
     async fn a_connection_keeps_only_small_futures() {
         let dir = std::env::temp_dir().join(format!("meshgate-listener-{}", std::process::id()));
@@ -251,20 +357,26 @@ mod tests {
         let conn = Connection {
             app: app.clone(),
             tls: None,
+            lot: None,
             shutdown: shutdown.clone(),
             handshake_timeout: Duration::from_secs(10),
         };
         let serve = conn.serve(tcp, peer);
         let task = std::mem::size_of_val(&serve);
         let stream: pingora::protocols::Stream = Box::new(L4Stream::from(tcp2));
-        let keepalive = app.process_new(stream, &shutdown);
-        let keepalive = std::mem::size_of_val(&*keepalive);
-        println!("connection task future: {task} bytes; keep-alive loop future: {keepalive} bytes");
-        assert!(task <= 320, "connection task future is {task} bytes");
+        let keepalive = app.serve(stream, None, &shutdown, true);
+        let keepalive = std::mem::size_of_val(&keepalive);
+        let parked = std::mem::size_of::<Parked>();
+        println!(
+            "connection task future: {task} bytes; keep-alive loop future: {keepalive} bytes; \
+             lot entry: {parked} bytes"
+        );
+        assert!(task <= 448, "connection task future is {task} bytes");
         assert!(
             keepalive <= 640,
             "keep-alive loop future is {keepalive} bytes"
         );
+        assert!(parked <= 192, "lot entry is {parked} bytes");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -26,6 +26,9 @@ pub struct Metrics {
     pub active_connections: IntGauge,
     /// `meshgate_downstream_connections_total`: accepted downstream connections.
     pub connections_total: IntCounter,
+    /// `meshgate_parked_connections`: idle keep-alive connections held as bare sockets by
+    /// a listener's lot (`idle.rs`); they are counted in `active_connections` too.
+    pub parked_connections: IntGauge,
     /// `meshgate_active_requests`: requests between header read and log line.
     pub active_requests: IntGauge,
     /// `meshgate_config_generation`: generation currently serving.
@@ -103,6 +106,11 @@ fn build() -> Metrics {
     let connections_total = IntCounter::new(
         "meshgate_downstream_connections_total",
         "Accepted downstream connections.",
+    )
+    .expect("metric");
+    let parked_connections = IntGauge::new(
+        "meshgate_parked_connections",
+        "Idle keep-alive connections held as bare sockets, without a task (also counted in meshgate_active_connections).",
     )
     .expect("metric");
     let active_requests =
@@ -204,6 +212,7 @@ fn build() -> Metrics {
         Box::new(connect_errors.clone()),
         Box::new(active_connections.clone()),
         Box::new(connections_total.clone()),
+        Box::new(parked_connections.clone()),
         Box::new(active_requests.clone()),
         Box::new(config_generation.clone()),
         Box::new(reloads.clone()),
@@ -231,6 +240,7 @@ fn build() -> Metrics {
         connect_errors,
         active_connections,
         connections_total,
+        parked_connections,
         active_requests,
         config_generation,
         reloads,
