@@ -566,6 +566,11 @@ impl ProxyHttp for MeshProxy {
             .and_then(|v| v.to_str().ok());
         ctx.req.client_ip = forwarding::client_ip(peer_ip, xff, &rt.trusted);
         session.set_keepalive(Some(rt.limits.idle_timeout.as_secs().max(1)));
+        if !rt.limits.abort_on_client_close {
+            // A FIN after the request leaves the write side open (RFC 9112 §9.6); Pingora
+            // then closes the connection after the response.
+            session.set_abort_on_close(false);
+        }
         match self.admit(session, ctx, rt).await {
             Ok(()) => Ok(false),
             Err(answer) => {

@@ -9,6 +9,8 @@
 //! - a connection idle past the demotion delay leaves its task for the listener's lot
 //!   (`proxy/src/idle.rs`) and still answers its next request, whether it arrives in one
 //!   piece or in two; a client closing a demoted connection frees it;
+//! - a client that half-closes (FIN) after its request is abandoned by default and served
+//!   to the end with `runtime.abort_on_client_close: false`;
 //! - an idle connection costs a bounded amount of memory.
 
 use std::net::SocketAddr;
@@ -350,4 +352,53 @@ async fn an_idle_keepalive_connection_costs_little_memory() {
             Some(200)
         );
     }
+}
+
+/// Sends `path` on a new connection, closes the sending side (TCP FIN) and reads until the
+/// server closes: everything it sent back. Panics if the server keeps the connection open
+/// for 10 s.
+async fn half_closed_request(addr: SocketAddr, path: &str) -> Vec<u8> {
+    let mut c = connect(addr).await;
+    c.write_all(&get(path)).await.expect("write");
+    c.shutdown().await.expect("half-close");
+    let mut got = Vec::new();
+    match tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut got)).await {
+        Ok(Ok(_)) => {}
+        // A reset after some bytes still shows what was sent.
+        Ok(Err(e)) => assert!(!got.is_empty(), "read failed before any byte: {e}"),
+        Err(_) => panic!("{path}: connection still open 10 s after the half-close"),
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_closing_client_is_abandoned_by_default_and_served_when_configured() {
+    // The upstream answers late, so the FIN is seen while the exchange is in flight.
+    let delay = Some(Duration::from_millis(300));
+
+    let (b, p, gw) = start("").await;
+    b.set_delay(delay);
+    let got = half_closed_request(p.public_addr(), "/abandoned").await;
+    assert!(
+        got.is_empty(),
+        "default: nothing is sent to a client that closed, got {:?}\n{}",
+        String::from_utf8_lossy(&got),
+        gw.logs()
+    );
+    drop((b, gw));
+
+    let (b, p, gw) = start("abort_on_client_close: false").await;
+    b.set_delay(delay);
+    let got = half_closed_request(p.public_addr(), "/served").await;
+    assert_eq!(
+        parse_status(&got),
+        Some(200),
+        "abort_on_client_close: false answers the half-closed client: {:?}\n{}",
+        String::from_utf8_lossy(&got),
+        gw.logs()
+    );
+    assert_eq!(
+        b.last_request().map(|r| r.path),
+        Some("/served".to_string())
+    );
 }

@@ -175,6 +175,10 @@ pub struct RuntimeSpec {
     /// How long an idle downstream keep-alive connection is kept open.
     #[serde(default = "sixty_seconds")]
     pub idle_timeout: HumanDuration,
+    /// Abandon an HTTP/1 request whose client closed its sending side (FIN) before the
+    /// response was complete; false serves such half-closed clients to the end.
+    #[serde(default = "yes")]
+    pub abort_on_client_close: bool,
     /// Write one JSON access-log line per request on stdout.
     #[serde(default = "yes")]
     pub access_log: bool,
@@ -189,6 +193,7 @@ impl Default for RuntimeSpec {
             header_read_timeout: ten_seconds(),
             max_header_size: default_max_header(),
             idle_timeout: sixty_seconds(),
+            abort_on_client_close: true,
             access_log: true,
         }
     }

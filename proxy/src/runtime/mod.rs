@@ -110,6 +110,8 @@ pub struct Limits {
     pub max_header_size: usize,
     /// Downstream keep-alive idle timeout.
     pub idle_timeout: Duration,
+    /// Whether a client's FIN after its HTTP/1 request abandons the request.
+    pub abort_on_client_close: bool,
 }
 
 /// One compiled config generation.
@@ -234,6 +236,7 @@ impl Runtime {
             max_header_size: usize::try_from(spec.runtime.max_header_size.bytes())
                 .unwrap_or(usize::MAX),
             idle_timeout: spec.runtime.idle_timeout.get(),
+            abort_on_client_close: spec.runtime.abort_on_client_close,
         };
         Ok(Self {
             generation,
