@@ -83,7 +83,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Awaitable, Callable
 from urllib.parse import urlencode, urljoin, urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -1410,7 +1410,9 @@ class Bench:
         writers = [w for w in results if isinstance(w, asyncio.StreamWriter)]
         failures = [repr(e) for e in results if not isinstance(e, asyncio.StreamWriter)]
         await asyncio.sleep(1.0)  # let the proxy settle into its idle state
-        measured = measure()
+        first = measure()
+        measured = await settle_rss(measure, first, asyncio.sleep)
+        measured.update(rss_1s_kib=first["rss_kib"])
         still_open = sum(1 for w in writers if not w.is_closing())
         for w in writers:
             w.close()
@@ -1420,6 +1422,8 @@ class Bench:
         return measured
 
     def idle_rss(self, t: Target, count: int) -> dict:
+        """RSS of `t` with `count` idle connections, once settled (see `settle_rss`) and 1 s after
+        the last answer, and its increase over the RSS before they were opened."""
         pid = self.pid_of(t)
         before = tree_kib(pid, "VmRSS")
 
@@ -1429,8 +1433,29 @@ class Bench:
         res = asyncio.run(self._idle(t.port, BODIES["tiny"][0], count, measure, t.headers))
         res["rss_before_kib"] = before
         res["delta_kib"] = res["rss_kib"] - before
+        res["delta_1s_kib"] = res["rss_1s_kib"] - before
         time.sleep(1.0)  # closed connections drain before the next target
         return res
+
+
+SETTLE_KIB = 256
+SETTLE_MAX_S = 10
+
+
+async def settle_rss(measure: Callable[[], dict], first: dict,
+                     sleep: Callable[[float], Awaitable[None]]) -> dict:
+    """Samples `measure()` once a second after `first` until two samples in a row are within
+    SETTLE_KIB of each other, for at most SETTLE_MAX_S samples; the last sample, with
+    `settle_s`, the seconds waited after `first`. An allocator may return memory freed by
+    ended connection tasks a while later; nginx's RSS does not move."""
+    prev = first
+    for waited in range(1, SETTLE_MAX_S + 1):
+        await sleep(1.0)
+        cur = measure()
+        if abs(cur["rss_kib"] - prev["rss_kib"]) <= SETTLE_KIB:
+            return {**cur, "settle_s": waited}
+        prev = cur
+    return {**prev, "settle_s": SETTLE_MAX_S}
 
 
 # ---------------------------------------------------------------------------- machine
@@ -1729,7 +1754,7 @@ def summary_table(raw: dict, summary: dict) -> str:
     nginx = T.get("nginx", {})
     lines = [
         "| target | tiny rps | ×nginx | 16 KiB rps | ×nginx | proxy CPU µs/req (tiny) | 1-conn p50 µs "
-        "| p50 ms | p99 ms | p99.9 ms | peak RSS MiB | RSS 10k idle MiB (Δ) |",
+        "| p50 ms | p99 ms | p99.9 ms | peak RSS MiB | RSS 10k idle MiB (Δ; Δ at 1 s) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, s in T.items():
@@ -1740,7 +1765,9 @@ def summary_table(raw: dict, summary: dict) -> str:
 
         idle = "–"
         if s.get("mem_idle_rss_kib") is not None:
-            idle = f"{fmt_mib(s['mem_idle_rss_kib'])} (+{fmt_mib(s.get('mem_idle_delta_kib'))})"
+            at_1s = s.get("mem_idle_delta_1s_kib")
+            idle = (f"{fmt_mib(s['mem_idle_rss_kib'])} (+{fmt_mib(s.get('mem_idle_delta_kib'))}"
+                    + ("" if at_1s is None else f"; +{fmt_mib(at_1s)} at 1 s") + ")")
         cpu = s.get("tiny_cpu_us_per_req")
         serial = s.get("serial_p50_us")
         label = f"{name} (**INVALID**)" if s.get("invalid") else name
@@ -1787,7 +1814,9 @@ def markdown(raw: dict, summary: dict, chart_name: str) -> str:
         "divided by the requests served; it does not depend on which core was the bottleneck.",
         f"- Memory: peak RSS = VmHWM summed over the proxy's processes after all load; idle = VmRSS with "
         f"{p['idle_connections']:,} idle keep-alive client connections that each completed one request, "
-        "Δ = increase over the RSS just before they were opened, measured 1 s after the last of them was answered. "
+        "Δ = increase over the RSS just before they were opened, measured once RSS has settled: sampled each second "
+        f"from 1 s after the last of them was answered until two samples in a row are within {SETTLE_KIB} KiB, "
+        f"for at most {SETTLE_MAX_S} s; the Δ of the first sample, 1 s after, is given too. "
         "By then meshgate has demoted every one of them to its listener's lot (idle for 250 ms: a bare socket, "
         "no task; docs/architecture.md); bare Pingora keeps a task and buffers per connection.",
         f"- 1-conn p50: `oha -c1 -n {p.get('serial_requests', SERIAL_REQUESTS)}`, one request at a time on one "
@@ -2207,10 +2236,13 @@ def main(argv: list[str]) -> int:
                 res = bench.idle_rss(t, args.idle_connections)
                 data[t.name]["memory"].update(
                     idle_rss_kib=res["rss_kib"], idle_before_kib=res["rss_before_kib"],
-                    idle_delta_kib=res["delta_kib"], opened=res["opened"], still_open=res["still_open"],
+                    idle_delta_kib=res["delta_kib"], idle_rss_1s_kib=res["rss_1s_kib"],
+                    idle_delta_1s_kib=res["delta_1s_kib"], idle_settle_s=res["settle_s"],
+                    opened=res["opened"], still_open=res["still_open"],
                     failures=res["failures"], first_failure=res["first_failure"])
                 log(f"idle {t.name:<25} {res['opened']} conns: RSS {res['rss_kib'] / 1024:.1f} MiB "
-                    f"(+{res['delta_kib'] / 1024:.1f} MiB), {res['failures']} failed")
+                    f"(+{res['delta_kib'] / 1024:.1f} MiB; +{res['delta_1s_kib'] / 1024:.1f} MiB after 1 s, "
+                    f"settled after {1 + res['settle_s']} s), {res['failures']} failed")
         for t in targets:
             if t.proc is not None and t.proc.poll() is not None:
                 raw["notes"].append(f"{t.name} exited during the run with {t.proc.returncode}")

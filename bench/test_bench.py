@@ -6,6 +6,7 @@ opens a socket, and the only processes started are openssl's, in the JWT round-t
 is exercised by a real run; its parsing steps are tested here.
 """
 
+import asyncio
 import base64
 import json
 import importlib.util
@@ -82,8 +83,8 @@ def fake_raw() -> dict:
             "serial": serial({"meshgate-ratelimit-global": 0.150, "meshgate-ratelimit-local": 0.100,
                               "meshgate-bff-memory": 0.095, "meshgate-bff-redis": 0.155}.get(name, 0.09)),
             "memory": {"peak_kib": 20000, "idle_rss_kib": 20000 + idle, "idle_before_kib": 20000,
-                       "idle_delta_kib": idle, "opened": 10000, "still_open": 10000, "failures": 0,
-                       "first_failure": None},
+                       "idle_delta_kib": idle, "idle_delta_1s_kib": idle + 1024, "opened": 10000,
+                       "still_open": 10000, "failures": 0, "first_failure": None},
         }
     targets["meshgate-ratelimit-global"]["policy"] = {"rl_allowed": 1000.0, "rl_denied": 0.0, "rl_redis": 990.0,
                                                       "rl_fallback": 10.0, "rl_redis_timeouts": 10.0,
@@ -204,6 +205,36 @@ def spki(n: int, e: int) -> bytes:
 
 def unb64url(s: str) -> bytes:
     return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+
+
+class SettleTests(unittest.TestCase):
+    """`settle_rss`: idle RSS is read once two samples a second apart agree."""
+
+    def run_settle(self, samples: list[int]) -> tuple[dict, int]:
+        it = iter(samples[1:])
+        slept = []
+
+        async def sleep(s: float) -> None:
+            slept.append(s)
+
+        out = asyncio.run(bench.settle_rss(lambda: {"rss_kib": next(it)}, {"rss_kib": samples[0]}, sleep))
+        return out, len(slept)
+
+    def test_waits_until_the_allocator_has_returned_memory(self):
+        # 1 s after: 24,000 KiB; purged a second later; then steady.
+        out, slept = self.run_settle([24000, 22000, 21900, 21900])
+        self.assertEqual(out, {"rss_kib": 21900, "settle_s": 2})
+        self.assertEqual(slept, 2)
+
+    def test_a_steady_process_is_read_after_one_more_second(self):
+        out, _ = self.run_settle([20000, 20100])
+        self.assertEqual(out, {"rss_kib": 20100, "settle_s": 1})
+
+    def test_gives_up_after_the_cap_with_the_last_sample(self):
+        samples = [10000 + 1000 * i for i in range(bench.SETTLE_MAX_S + 1)]
+        out, slept = self.run_settle(samples)
+        self.assertEqual(slept, bench.SETTLE_MAX_S)
+        self.assertEqual(out, {"rss_kib": samples[-1], "settle_s": bench.SETTLE_MAX_S})
 
 
 class JwtTests(unittest.TestCase):
@@ -527,6 +558,8 @@ class ReportTests(unittest.TestCase):
         s = bench.summarize(raw)
         md = bench.markdown(raw, s, "chart.svg")
         self.assertIn("| meshgate-plain | 50.0k | 0.50× |", md)
+        # Idle memory: the settled increase, and the one 1 s after the last answer.
+        self.assertIn("| 19.5 | 24.4 (+4.9; +5.9 at 1 s) |", md)
         self.assertIn("jwt, rate_limit, retry, headers, body_limit; cluster: circuit_breaker", md)
         self.assertIn("`runtime.access_log` is `true`", md)
         self.assertIn("## Global rate limit: the Redis round trip", md)

@@ -52,6 +52,23 @@ pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Readiness events taken from the lot's `epoll` instance per system call.
 const EVENTS: usize = 256;
 
+/// Size of the allocation [`nudge_allocator`] makes: above mimalloc's largest size class
+/// (512 KiB), so it gets a page of its own, which is freed whole.
+const NUDGE_BYTES: usize = 1 << 20;
+
+/// Makes the allocator hand back memory that ended connection tasks freed.
+///
+/// mimalloc returns emptied pages to the kernel only after its purge delay (1 s), and then
+/// only when a page is freed again; after a burst of connections goes idle, nothing is, and
+/// the tasks' pages stayed in RSS (+13.8 MiB for 10,000 connections that each cost a
+/// 152-byte lot entry). Allocating and freeing one block bigger than any size class frees
+/// a page, which runs the purge of everything whose delay has passed. The block is never
+/// written, so it is not faulted in. With another allocator this is one `mmap` and
+/// `munmap` pair.
+fn nudge_allocator() {
+    drop(std::hint::black_box(Vec::<u8>::with_capacity(NUDGE_BYTES)));
+}
+
 /// An accepted plain-TCP connection as Pingora's transport: the tokio socket and the
 /// digests Pingora asks for, with no buffers (the header deadline wrapper joins writes).
 /// Unlike Pingora's own `l4::Stream`, it gives its socket back ([`PlainTcp::into_parts`]),
@@ -191,6 +208,8 @@ pub struct IdleLot {
     parked: Mutex<Slab<Parked>>,
     /// False once the lot's task has stopped: nothing may be parked any more.
     open: AtomicBool,
+    /// Set by [`IdleLot::park`]; the lot's task clears it once a sweep interval.
+    parked_lately: AtomicBool,
 }
 
 impl std::fmt::Debug for IdleLot {
@@ -215,6 +234,7 @@ impl IdleLot {
             registry,
             parked: Mutex::new(Slab::new()),
             open: AtomicBool::new(true),
+            parked_lately: AtomicBool::new(false),
         });
         Ok((lot, LotPoll(poll)))
     }
@@ -260,6 +280,7 @@ impl IdleLot {
         }
         entry.insert(conn);
         METRICS.parked_connections.inc();
+        self.parked_lately.store(true, Ordering::Relaxed);
     }
 
     /// Takes the connection registered under `key` out of the lot, if it is still there.
@@ -319,6 +340,8 @@ impl IdleLot {
         let mut events = Events::with_capacity(EVENTS);
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Whether the previous sweep interval saw a connection parked.
+        let mut parked_before = false;
         loop {
             tokio::select! {
                 ready = poll.readable_mut() => {
@@ -339,6 +362,14 @@ impl IdleLot {
                 }
                 _ = sweep.tick() => {
                     self.sweep(Instant::now());
+                    // The tasks of connections parked in the last two intervals have ended;
+                    // on the second tick after the last of them their pages are past the
+                    // allocator's purge delay.
+                    let parked_now = self.parked_lately.swap(false, Ordering::Relaxed);
+                    if parked_now || parked_before {
+                        nudge_allocator();
+                    }
+                    parked_before = parked_now;
                 }
                 changed = shutdown.changed() => {
                     if changed.is_err() || *shutdown.borrow() {
