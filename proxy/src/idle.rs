@@ -8,7 +8,8 @@
 //! client sends its next request (or closes), the lot takes the socket out and spawns a new
 //! connection task for it; the kernel has kept the bytes, so nothing is lost. The lot closes
 //! connections that stay idle for `runtime.idle_timeout` (within [`SWEEP_EVERY`]) and all of
-//! them when the server shuts down.
+//! them when the server shuts down. On the two sweeps after it took connections in, it
+//! nudges the allocator to return the memory their ended tasks freed (`nudge_allocator`).
 //!
 //! TLS and h2c connections are never demoted: their state (the TLS session, Pingora's
 //! HTTP/2 connection) cannot be put back together from a socket.

@@ -71,8 +71,8 @@ pub fn bind(addr: &str) -> Result<BoundSocket, String> {
 }
 
 /// One proxy listener as a Pingora service: accepts connections on its socket until the
-/// server shuts down, then stops accepting and lets [`MeshApp::cleanup`] close parked
-/// connections. Requests in flight finish under the server's grace period.
+/// server shuts down, then stops accepting and lets `MeshApp`'s `ServerApp::cleanup` close
+/// parked connections. Requests in flight finish under the server's grace period.
 pub struct ProxyListener {
     name: String,
     socket: Option<BoundSocket>,

@@ -20,7 +20,7 @@
 //!    (SIGTERM, then SIGKILL after a grace period), and exits 0.
 //!
 //! The proxy configs are ordinary checked-in files: they read ports and paths from
-//! environment variables that this module sets from the topology ([`child_env`]), with
+//! environment variables that this module sets from the topology (`child_env`), with
 //! the topology's defaults after `:-`, so they also work with plain `meshgate run`.
 //!
 //! State directory layout:

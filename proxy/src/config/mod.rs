@@ -5,7 +5,7 @@
 //!    alias bombs, `${VAR}` resolved);
 //! 2. each section — and each list or map entry inside it — is deserialized on its own
 //!    with `deny_unknown_fields`, so one bad route does not hide the next one's error;
-//! 3. [`validate`] checks cross-references, names and values that types cannot express.
+//! 3. `validate` checks cross-references, names and values that types cannot express.
 //!
 //! The runtime compile step (see [`crate::runtime`]) adds the errors only it can find (TLS
 //! files, filter internals); all of them come back as [`ConfigError`]s located the same way.
