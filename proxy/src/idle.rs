@@ -439,14 +439,26 @@ mod tests {
         (server, client)
     }
 
-    #[tokio::test]
-    async fn a_readable_socket_is_resumed_with_its_bytes_and_others_stay() {
+    /// A lot whose task runs and sends every resumed connection to the receiver; the
+    /// watch sender shuts it down.
+    fn running_lot() -> (
+        Arc<IdleLot>,
+        tokio::sync::mpsc::UnboundedReceiver<Parked>,
+        tokio::sync::watch::Sender<bool>,
+        tokio::task::JoinHandle<()>,
+    ) {
         let (lot, poll) = IdleLot::new().expect("lot");
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let (_stop, shutdown) = tokio::sync::watch::channel(false);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(lot.clone().run(poll, shutdown, move |p| {
             let _ = tx.send(p);
         }));
+        (lot, rx, stop, task)
+    }
+
+    #[tokio::test]
+    async fn a_readable_socket_is_resumed_with_its_bytes_and_others_stay() {
+        let (lot, mut rx, _stop, task) = running_lot();
         let (a, mut client_a) = pair();
         let (b, _client_b) = pair();
         lot.park(parked(a, Duration::from_secs(60)));
@@ -474,12 +486,7 @@ mod tests {
 
     #[tokio::test]
     async fn bytes_sent_before_parking_are_seen() {
-        let (lot, poll) = IdleLot::new().expect("lot");
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let (_stop, shutdown) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(lot.clone().run(poll, shutdown, move |p| {
-            let _ = tx.send(p);
-        }));
+        let (lot, mut rx, _stop, task) = running_lot();
         let (a, mut client) = pair();
         client.write_all(b"G").expect("write");
         // Give the byte time to arrive; the assertion does not depend on it having arrived.

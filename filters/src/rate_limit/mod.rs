@@ -132,7 +132,7 @@ impl RateLimitHeaders {
         let _ =
             response.insert_header(RATELIMIT_RESET.as_str(), HeaderValue::from(self.reset_secs));
         if let Some(secs) = self.retry_after_secs {
-            let _ = response.insert_header("retry-after", HeaderValue::from(secs));
+            let _ = response.insert_header(RETRY_AFTER.as_str(), HeaderValue::from(secs));
         }
     }
 
