@@ -68,7 +68,11 @@ pub struct HeaderDeadline {
     inner: Stream,
     phase: AtomicU8,
     timeout: Duration,
+    /// When the current request header must be complete.
+    deadline: Instant,
+    /// Fires at or before `deadline`; polled (registered with this task) once it is armed.
     sleep: Pin<Box<Sleep>>,
+    armed: bool,
     /// Request-line scan state: spaces seen so far, and whether the line ended.
     line_spaces: u8,
     line_done: bool,
@@ -97,7 +101,9 @@ impl HeaderDeadline {
             inner,
             phase: AtomicU8::new(IDLE),
             timeout,
+            deadline: Instant::now(),
             sleep: Box::pin(tokio::time::sleep(timeout)),
+            armed: false,
             line_spaces: 0,
             line_done: false,
             line_bad: AtomicBool::new(false),
@@ -172,9 +178,18 @@ impl HeaderDeadline {
                 self.phase.store(OFF, Ordering::Relaxed);
             } else {
                 self.phase.store(HEADER, Ordering::Relaxed);
-                self.sleep.as_mut().reset(Instant::now() + self.timeout);
-                // Register the timer with this task so a stalled client still wakes us.
-                let _ = self.sleep.as_mut().poll(cx);
+                let now = Instant::now();
+                self.deadline = now + self.timeout;
+                // The timer is moved only when it would not fire before the new deadline:
+                // one still pending from an earlier request fires sooner, and `timed_out`
+                // then moves it on. Resetting it for every request cost more than the
+                // rest of this wrapper.
+                if !self.armed || self.sleep.deadline() <= now {
+                    self.sleep.as_mut().reset(self.deadline);
+                    // Register the timer with this task so a stalled client still wakes us.
+                    let _ = self.sleep.as_mut().poll(cx);
+                    self.armed = true;
+                }
                 self.line_spaces = 0;
                 self.line_done = false;
                 self.line_bad.store(false, Ordering::Relaxed);
@@ -209,6 +224,19 @@ impl HeaderDeadline {
                 _ => {}
             }
         }
+    }
+
+    /// True once the current header's deadline has passed. A timer that fires earlier (it
+    /// was armed for an earlier request, see `arrived`) is moved to the deadline.
+    fn timed_out(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.sleep.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        if Instant::now() >= self.deadline {
+            return true;
+        }
+        self.sleep.as_mut().reset(self.deadline);
+        self.sleep.as_mut().poll(cx).is_ready()
     }
 
     fn find(stream: &Stream) -> Option<&HeaderDeadline> {
@@ -258,7 +286,7 @@ impl AsyncRead for HeaderDeadline {
             }
             return Poll::Ready(Ok(()));
         }
-        if this.phase.load(Ordering::Relaxed) == HEADER && this.sleep.as_mut().poll(cx).is_ready() {
+        if this.phase.load(Ordering::Relaxed) == HEADER && this.timed_out(cx) {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "request header not received within header_read_timeout",

@@ -170,19 +170,27 @@ pub fn valid_request_id(id: &str) -> bool {
 /// Allocates exactly once (the returned String).
 #[must_use]
 pub fn new_request_id() -> String {
-    let mut out = String::with_capacity(32);
-    push_hex(&mut out, fastrand::u128(..), 32);
-    out
+    let mut hex = [0u8; 32];
+    write_hex(&mut hex, &fastrand::u128(..).to_be_bytes());
+    ascii_string(&hex)
 }
 
 const HEX_LOWER: &[u8; 16] = b"0123456789abcdef";
 
-/// Appends the low `digits` nibbles of `value` as lowercase hex, most significant first.
-fn push_hex(out: &mut String, value: u128, digits: u32) {
-    for i in (0..digits).rev() {
-        let nibble = (value >> (i * 4)) & 0x0f;
-        out.push(char::from(HEX_LOWER[nibble as usize]));
+/// Writes `bytes` as lowercase hex into `out`, which holds exactly two digits per byte.
+/// Byte by byte through a table: a `u128` shifted a nibble at a time cost about twice as
+/// many instructions, on a path every request takes twice (request id and traceparent).
+fn write_hex(out: &mut [u8], bytes: &[u8]) {
+    for (pair, &b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX_LOWER[usize::from(b >> 4)];
+        pair[1] = HEX_LOWER[usize::from(b & 0x0f)];
     }
+}
+
+/// A `String` holding `ascii`, in one allocation (the input is always ASCII here, so the
+/// UTF-8 check passes; it is the fast ASCII path).
+fn ascii_string(ascii: &[u8]) -> String {
+    String::from_utf8(ascii.to_vec()).unwrap_or_default()
 }
 
 /// W3C Trace Context `traceparent` (<https://www.w3.org/TR/trace-context/>).
@@ -259,14 +267,12 @@ impl TraceParent {
     /// allocation.
     #[must_use]
     pub fn to_header(&self) -> String {
-        let mut out = String::with_capacity(TRACEPARENT_LEN);
-        out.push_str("00-");
-        push_hex(&mut out, self.trace_id, 32);
-        out.push('-');
-        push_hex(&mut out, u128::from(self.parent_id), 16);
-        out.push('-');
-        push_hex(&mut out, u128::from(self.flags), 2);
-        out
+        let mut out = [b'-'; TRACEPARENT_LEN];
+        out[..2].copy_from_slice(b"00");
+        write_hex(&mut out[3..35], &self.trace_id.to_be_bytes());
+        write_hex(&mut out[36..52], &self.parent_id.to_be_bytes());
+        write_hex(&mut out[53..55], &[self.flags]);
+        ascii_string(&out)
     }
 }
 

@@ -19,6 +19,7 @@ use http::{HeaderName, HeaderValue, StatusCode};
 use meshgate_filters::bff::{EndpointRequest, MAX_BACKCHANNEL_BODY};
 use meshgate_filters::{Action, ErrorKind, LocalResponse, RequestCtx, RequestView, Step};
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::modules::http::HttpModules;
 use pingora::prelude::*;
 use pingora::protocols::ALPN;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -68,6 +69,11 @@ pub struct Ctx {
     /// The answer decided by a filter or the engine, sent by `fail_to_proxy`.
     local: Option<LocalResponse>,
     counted: bool,
+    /// `ctx.req.request_id` as a header value, made once for the upstream request and the
+    /// response (a clone shares its bytes).
+    request_id_header: HeaderValue,
+    /// The id was generated here, so the upstream copy of the client's header lacks it.
+    request_id_generated: bool,
     traceparent: Option<TraceParent>,
     /// End of the route's time budget for the whole exchange, retries included.
     deadline: Option<Instant>,
@@ -103,6 +109,8 @@ impl Ctx {
             in_flight: None,
             local: None,
             counted: false,
+            request_id_header: HeaderValue::from_static(""),
+            request_id_generated: false,
             traceparent: None,
             deadline: None,
             retryable: false,
@@ -522,6 +530,11 @@ impl ProxyHttp for MeshProxy {
         Ctx::new()
     }
 
+    /// No downstream modules. Pingora's default adds its response-compression module
+    /// switched off (level 0), which still cost five allocations and two module calls per
+    /// request; meshgate does not compress responses.
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
+
     /// Request id, client address and the header deadline hand-off happen first, so every
     /// later answer — including a 400 for a malformed path — carries a request id.
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
@@ -531,10 +544,21 @@ impl ProxyHttp for MeshProxy {
             HeaderDeadline::header_complete(stream);
         }
         let req = session.req_header();
-        ctx.req.request_id = match req.headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
-            Some(id) if forwarding::valid_request_id(id) => id.to_string(),
-            _ => forwarding::new_request_id(),
-        };
+        let client_id = req.headers.get(&X_REQUEST_ID);
+        match client_id.and_then(|v| Some((v, v.to_str().ok()?))) {
+            Some((value, id)) if forwarding::valid_request_id(id) => {
+                ctx.req.request_id = id.to_string();
+                ctx.request_id_header = value.clone();
+            }
+            _ => {
+                ctx.req.request_id = forwarding::new_request_id();
+                ctx.request_id_generated = true;
+                // Hex digits only, so always a valid value.
+                if let Ok(v) = HeaderValue::from_str(&ctx.req.request_id) {
+                    ctx.request_id_header = v;
+                }
+            }
+        }
         ctx.traceparent = Some(
             req.headers
                 .get(&TRACEPARENT)
@@ -716,12 +740,9 @@ impl ProxyHttp for MeshProxy {
         }
 
         // The upstream request is a copy of the client's: a valid client id is already
-        // there, so only a generated (or replaced) id costs a header insert.
-        let client_id = upstream.headers.get(&X_REQUEST_ID).map(|v| v.as_bytes());
-        if client_id != Some(ctx.req.request_id.as_bytes()) {
-            if let Ok(v) = HeaderValue::from_str(&ctx.req.request_id) {
-                let _ = upstream.insert_header(X_REQUEST_ID.as_str(), v);
-            }
+        // there, so only a generated id costs a header insert.
+        if ctx.request_id_generated {
+            let _ = upstream.insert_header(X_REQUEST_ID.as_str(), ctx.request_id_header.clone());
         }
         if let Some(tp) = ctx.traceparent {
             let _ = upstream.insert_header(TRACEPARENT.as_str(), tp.to_header());
@@ -733,49 +754,32 @@ impl ProxyHttp for MeshProxy {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
         if let (Some(peer_ip), Some(trusted)) = (peer_ip, trusted) {
+            // Only a trusted peer's forwarding headers are read: an untrusted peer's are all
+            // replaced, so looking them up (each lookup hashes a custom name) is skipped.
             let from_trusted = trusted.contains(peer_ip);
-            let existing = session
-                .req_header()
-                .headers
-                .get(&X_FORWARDED_FOR)
-                .and_then(|v| v.to_str().ok());
+            let req = session.req_header();
+            let client = |name: &HeaderName| from_trusted.then(|| req.headers.get(name)).flatten();
+            let existing = client(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok());
             let xff = forwarding::forwarded_for(peer_ip, existing, trusted);
             let _ = upstream.insert_header(X_FORWARDED_FOR.as_str(), xff);
-            let client_proto = session
-                .req_header()
-                .headers
-                .get(&X_FORWARDED_PROTO)
-                .cloned();
-            let client_host = session.req_header().headers.get(&X_FORWARDED_HOST).cloned();
-            match client_proto {
-                Some(p) if from_trusted => {
-                    let _ = upstream.insert_header(X_FORWARDED_PROTO.as_str(), p);
-                }
-                _ => {
-                    let proto = if self.listener.tls { "https" } else { "http" };
-                    let _ = upstream.insert_header(X_FORWARDED_PROTO.as_str(), proto);
-                }
-            }
-            match client_host {
-                Some(h) if from_trusted => {
+            let proto = client(&X_FORWARDED_PROTO).cloned().unwrap_or_else(|| {
+                HeaderValue::from_static(if self.listener.tls { "https" } else { "http" })
+            });
+            let _ = upstream.insert_header(X_FORWARDED_PROTO.as_str(), proto);
+            let host = client(&X_FORWARDED_HOST)
+                .or_else(|| req.headers.get(HOST))
+                .cloned()
+                .or_else(|| {
+                    req.uri
+                        .authority()
+                        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                });
+            match host {
+                Some(h) => {
                     let _ = upstream.insert_header(X_FORWARDED_HOST.as_str(), h);
                 }
-                _ => {
-                    let host = session.req_header().headers.get(HOST).cloned().or_else(|| {
-                        session
-                            .req_header()
-                            .uri
-                            .authority()
-                            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-                    });
-                    match host {
-                        Some(h) => {
-                            let _ = upstream.insert_header(X_FORWARDED_HOST.as_str(), h);
-                        }
-                        None => {
-                            upstream.remove_header(&X_FORWARDED_HOST);
-                        }
-                    }
+                None => {
+                    upstream.remove_header(&X_FORWARDED_HOST);
                 }
             }
         }
@@ -799,9 +803,8 @@ impl ProxyHttp for MeshProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let Ok(v) = HeaderValue::from_str(&ctx.req.request_id) {
-            let _ = upstream_response.insert_header(X_REQUEST_ID.as_str(), v);
-        }
+        let _ =
+            upstream_response.insert_header(X_REQUEST_ID.as_str(), ctx.request_id_header.clone());
         run_response_hooks(ctx, upstream_response);
         Ok(())
     }

@@ -217,10 +217,10 @@ async fn chunked_body_over_limit_is_413() {
     still_serving(&p, &mut gw, "413 on a chunked body").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn header_trickle_is_cut_off() {
-    let (_b, p, mut gw) = start().await;
-    let stream = TcpStream::connect(p.public_addr()).await.expect("connect");
+/// Trickles a request header on `stream`, one byte every 200 ms, and returns how long after
+/// the first byte the proxy closed the connection (`None`: still open after 12 s). While it
+/// trickles, another client is served.
+async fn trickle_until_cut(stream: TcpStream, p: &Ports) -> Option<Duration> {
     let (mut rd, mut wr) = stream.into_split();
     let start = Instant::now();
     let reader = tokio::spawn(async move {
@@ -234,17 +234,17 @@ async fn header_trickle_is_cut_off() {
     });
     let header = b"GET /trickle HTTP/1.1\r\nHost: x\r\nX-Slow: ";
     let mut checked_others = false;
-    let cut_after = loop {
+    loop {
         if reader.is_finished() {
-            break reader.await.ok();
+            return reader.await.ok();
         }
         if start.elapsed() > Duration::from_secs(12) {
-            break None;
+            return None;
         }
         let i = usize::try_from(start.elapsed().as_millis() / 200).unwrap_or(0);
         let byte = header.get(i).copied().unwrap_or(b'a');
         if wr.write_all(&[byte]).await.is_err() {
-            break Some(start.elapsed());
+            return Some(start.elapsed());
         }
         if !checked_others && start.elapsed() > Duration::from_millis(400) {
             // Others are served while the trickle is in progress.
@@ -254,8 +254,14 @@ async fn header_trickle_is_cut_off() {
         }
         // Pacing of the trickle, not synchronisation.
         tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    let cut_after = cut_after.unwrap_or_else(|| {
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_trickle_is_cut_off() {
+    let (_b, p, mut gw) = start().await;
+    let stream = TcpStream::connect(p.public_addr()).await.expect("connect");
+    let cut_after = trickle_until_cut(stream, &p).await.unwrap_or_else(|| {
         panic!("trickling client still connected after 12s (header_read_timeout: 1s)")
     });
     assert!(
@@ -263,4 +269,69 @@ async fn header_trickle_is_cut_off() {
         "trickling client cut after {cut_after:?}; header_read_timeout is 1s"
     );
     still_serving(&p, &mut gw, "header trickle").await;
+}
+
+/// Reads one response with a `Content-Length` body from `stream`.
+async fn read_one_response(stream: &mut TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .expect("content-length on the response");
+            if got.len() >= end + 4 + len {
+                return String::from_utf8_lossy(&got).into_owned();
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("response within 10s")
+            .expect("read");
+        assert!(n > 0, "connection closed before the whole response");
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// The deadline timer is armed lazily: the first request's timer is still pending when the
+/// second request begins, fires at the first deadline and must be moved on to the second's.
+/// The client stalls rather than trickles, so only that timer can wake the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_header_on_a_kept_alive_connection_is_cut_off() {
+    let (_b, p, mut gw) = start().await;
+    let mut stream = TcpStream::connect(p.public_addr()).await.expect("connect");
+    stream
+        .write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("first request");
+    let first = read_one_response(&mut stream).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    // The next request starts 150 ms later: inside the first one's timer period, far enough
+    // from its deadline to tell the two apart, and before an idle connection leaves its
+    // task (250 ms). It stops halfway through its header.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let start = Instant::now();
+    stream
+        .write_all(b"GET /stall HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .expect("second request's first bytes");
+    let mut buf = [0u8; 4096];
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(12), stream.read(&mut buf)).await {
+            Err(_) => break None,
+            Ok(Ok(0) | Err(_)) => break Some(start.elapsed()),
+            Ok(Ok(_)) => {}
+        }
+    };
+    let cut_after = closed.unwrap_or_else(|| {
+        panic!("stalled second request still connected after 12s (header_read_timeout: 1s)")
+    });
+    assert!(
+        cut_after < Duration::from_secs(4),
+        "stalled second request cut after {cut_after:?}; header_read_timeout is 1s"
+    );
+    still_serving(&p, &mut gw, "a stalled header on a kept-alive connection").await;
 }
