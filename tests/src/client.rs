@@ -183,6 +183,19 @@ pub fn parse_status(bytes: &[u8]) -> Option<u16> {
     parts.next()?.parse().ok()
 }
 
+/// Once a whole response head is in `bytes`: where it ends (just past its blank line) and
+/// its `Content-Length`, `None` when it has none (or one that is not a number). `None`
+/// while the head is still incomplete.
+pub fn response_head(bytes: &[u8]) -> Option<(usize, Option<usize>)> {
+    let end = bytes.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&bytes[..end]).to_ascii_lowercase();
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok());
+    Some((end + 4, length))
+}
+
 /// Writes `request` to a fresh connection to `addr`, then reads until the
 /// server closes the connection or `read_deadline` passes.
 pub async fn raw_exchange(addr: SocketAddr, request: &[u8], read_deadline: Duration) -> RawOutcome {

@@ -276,14 +276,9 @@ async fn read_one_response(stream: &mut TcpStream) -> String {
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
-        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
-            let len = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .expect("content-length on the response");
-            if got.len() >= end + 4 + len {
+        if let Some((head_end, len)) = client::response_head(&got) {
+            let len = len.expect("content-length on the response");
+            if got.len() >= head_end + len {
                 return String::from_utf8_lossy(&got).into_owned();
             }
         }

@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use meshgate_tests::backend::Backend;
-use meshgate_tests::client::parse_status;
+use meshgate_tests::client::{parse_status, response_head};
 use meshgate_tests::config::Ports;
 use meshgate_tests::proc::Meshgate;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -42,14 +42,8 @@ async fn read_response(conn: &mut TcpStream, deadline: Duration) -> Option<u16> 
     let mut chunk = [0u8; 4096];
     let until = Instant::now() + deadline;
     loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let length: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
-            if buf.len() >= end + 4 + length {
+        if let Some((head_end, length)) = response_head(&buf) {
+            if buf.len() >= head_end + length.unwrap_or(0) {
                 return parse_status(&buf);
             }
         }

@@ -31,6 +31,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meshgate_tests::backend::Backend;
+use meshgate_tests::client::response_head;
 use meshgate_tests::config::Ports;
 use meshgate_tests::proc::Meshgate;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -109,14 +110,14 @@ async fn flood_connection(
                 return Err("proxy closed the connection".into());
             }
             buf.extend_from_slice(&chunk[..n]);
-            if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..pos]).to_ascii_lowercase();
-                let len = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse::<usize>().ok())
-                    .ok_or_else(|| format!("no content-length in {head:?}"))?;
-                break (pos + 4, len);
+            if let Some((head_end, len)) = response_head(&buf) {
+                let len = len.ok_or_else(|| {
+                    format!(
+                        "no content-length in {:?}",
+                        String::from_utf8_lossy(&buf[..head_end])
+                    )
+                })?;
+                break (head_end, len);
             }
         };
         while buf.len() < head_end + body_len {
